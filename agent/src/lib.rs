@@ -1,0 +1,1 @@
+//! Edge agent of the stream anomaly detector.

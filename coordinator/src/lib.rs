@@ -1,0 +1,1 @@
+//! Coordinator of the stream anomaly detector.

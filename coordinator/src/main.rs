@@ -1,0 +1,4 @@
+//! `anomaly-coordinator`: the coordinator binary.
+fn main() {
+    println!("anomaly-coordinator {}", env!("CARGO_PKG_VERSION"));
+}

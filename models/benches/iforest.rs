@@ -1,0 +1,2 @@
+//! Isolation Forest scoring benchmarks (filled in with the forest).
+fn main() {}

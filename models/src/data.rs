@@ -1,0 +1,1 @@
+//! CSV loaders for tabular sets, NAB series and SKAB files.

@@ -1,0 +1,1 @@
+//! Evaluation: ROC-AUC, average precision, SKAB protocol, NAB v1 scorer.

@@ -1,0 +1,1 @@
+//! Isolation Forest with scikit-learn's exact scores.

@@ -1,0 +1,1 @@
+//! Streaming detectors: Half-Space Trees and EWMA z-score.
