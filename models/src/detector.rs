@@ -16,6 +16,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
+pub use sad_common::Calibration;
 use sad_common::ModelKind;
 
 /// A scored row.
@@ -38,80 +39,71 @@ pub struct Contribution {
     pub weight: f64,
 }
 
-/// Strictly increasing map from raw scores to `[0, 1]`, stored with the model.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub enum Calibration {
-    /// The raw score is already a probability-like number; it is clamped to `[0, 1]`.
-    Identity,
-    /// `1 / (1 + exp(-(raw - center) / scale))`: `center` maps to 0.5.
-    Logistic {
-        /// Raw score that maps to 0.5 (the raw decision boundary).
-        center: f64,
-        /// Spread of the logistic curve in raw units (> 0).
-        scale: f64,
-    },
+/// Fits a logistic [`Calibration`] on training raw scores so that the
+/// `1 - contamination` quantile maps to 0.5 and the median maps to 0.1.
+///
+/// With that, the default threshold 0.5 flags the same share of training
+/// rows as `contamination`. Falls back to a wider scale when the scores
+/// are (nearly) constant.
+pub fn fit_calibration(raw_scores: &[f64], contamination: f64) -> Result<Calibration> {
+    if raw_scores.is_empty() {
+        return Err(ModelError::Invalid(
+            "calibration needs at least one score".into(),
+        ));
+    }
+    if !(contamination > 0.0 && contamination < 0.5) {
+        return Err(ModelError::Invalid(format!(
+            "contamination must be in (0, 0.5), got {contamination}"
+        )));
+    }
+    let mut sorted: Vec<f64> = raw_scores
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .collect();
+    if sorted.is_empty() {
+        return Err(ModelError::Invalid(
+            "calibration scores are all non-finite".into(),
+        ));
+    }
+    sorted.sort_by(f64::total_cmp);
+    let center = quantile_sorted(&sorted, 1.0 - contamination);
+    let median = quantile_sorted(&sorted, 0.5);
+    Ok(Calibration::Logistic {
+        center,
+        scale: spread_scale(&sorted, center - median),
+    })
 }
 
-impl Calibration {
-    /// Fits a logistic calibration on training raw scores so that the
-    /// `1 - contamination` quantile maps to 0.5 and the median maps to 0.1.
-    ///
-    /// With that, the default threshold 0.5 flags the same share of training
-    /// rows as `contamination`. Falls back to a unit scale when the scores
-    /// are (nearly) constant.
-    pub fn fit(raw_scores: &[f64], contamination: f64) -> Result<Self> {
-        if raw_scores.is_empty() {
-            return Err(ModelError::Invalid(
-                "calibration needs at least one score".into(),
-            ));
-        }
-        if !(contamination > 0.0 && contamination < 0.5) {
-            return Err(ModelError::Invalid(format!(
-                "contamination must be in (0, 0.5), got {contamination}"
-            )));
-        }
-        let mut sorted: Vec<f64> = raw_scores
-            .iter()
-            .copied()
-            .filter(|v| v.is_finite())
-            .collect();
-        if sorted.is_empty() {
-            return Err(ModelError::Invalid(
-                "calibration scores are all non-finite".into(),
-            ));
-        }
-        sorted.sort_by(f64::total_cmp);
-        let center = quantile_sorted(&sorted, 1.0 - contamination);
-        let median = quantile_sorted(&sorted, 0.5);
-        let mut scale = (center - median) / 9f64.ln();
-        if !(scale.is_finite() && scale > 1e-12) {
-            let spread = sorted[sorted.len() - 1] - sorted[0];
-            scale = if spread > 1e-12 { spread / 10.0 } else { 1.0 };
-        }
-        Ok(Calibration::Logistic { center, scale })
+/// Logistic calibration centred on a known raw decision boundary (for
+/// example scikit-learn's `contamination="auto"` boundary 0.5), with the
+/// spread taken from the training scores' median distance to it.
+pub fn fit_calibration_at(raw_scores: &[f64], center: f64) -> Result<Calibration> {
+    let mut sorted: Vec<f64> = raw_scores
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .collect();
+    if sorted.is_empty() || !center.is_finite() {
+        return Err(ModelError::Invalid(
+            "calibration needs finite scores and centre".into(),
+        ));
     }
+    sorted.sort_by(f64::total_cmp);
+    let median = quantile_sorted(&sorted, 0.5);
+    Ok(Calibration::Logistic {
+        center,
+        scale: spread_scale(&sorted, center - median),
+    })
+}
 
-    /// Maps a raw score to `[0, 1]`.
-    #[inline]
-    pub fn apply(&self, raw: f64) -> f64 {
-        match *self {
-            Calibration::Identity => raw.clamp(0.0, 1.0),
-            Calibration::Logistic { center, scale } => {
-                1.0 / (1.0 + (-(raw - center) / scale).exp())
-            }
-        }
+fn spread_scale(sorted: &[f64], center_minus_median: f64) -> f64 {
+    let scale = center_minus_median / 9f64.ln();
+    if scale.is_finite() && scale > 1e-12 {
+        return scale;
     }
-
-    /// The raw score that maps to calibrated score `p` (clamped to `(0, 1)`).
-    pub fn invert(&self, p: f64) -> f64 {
-        match *self {
-            Calibration::Identity => p.clamp(0.0, 1.0),
-            Calibration::Logistic { center, scale } => {
-                let p = p.clamp(1e-12, 1.0 - 1e-12);
-                center - scale * (1.0 / p - 1.0).ln()
-            }
-        }
-    }
+    let spread = sorted[sorted.len() - 1] - sorted[0];
+    if spread > 1e-12 { spread / 10.0 } else { 1.0 }
 }
 
 /// Linear-interpolated quantile (numpy's default, "linear") of sorted data.
@@ -263,7 +255,7 @@ mod tests {
     #[test]
     fn logistic_calibration_maps_quantile_to_half_and_median_to_a_tenth() {
         let raw: Vec<f64> = (0..1001).map(|i| i as f64 / 1000.0).collect();
-        let c = Calibration::fit(&raw, 0.1).unwrap();
+        let c = fit_calibration(&raw, 0.1).unwrap();
         assert!((c.apply(0.9) - 0.5).abs() < 1e-9);
         assert!((c.apply(0.5) - 0.1).abs() < 1e-9);
         assert!((c.invert(0.5) - 0.9).abs() < 1e-9);
@@ -272,7 +264,7 @@ mod tests {
     #[test]
     fn calibration_is_strictly_increasing_and_bounded() {
         let raw: Vec<f64> = (0..100).map(|i| (i as f64).sqrt()).collect();
-        let c = Calibration::fit(&raw, 0.05).unwrap();
+        let c = fit_calibration(&raw, 0.05).unwrap();
         let mut prev = -1.0;
         for i in 0..200 {
             let p = c.apply(i as f64 * 0.1 - 2.0);
@@ -283,15 +275,15 @@ mod tests {
 
     #[test]
     fn calibration_of_constant_scores_still_works() {
-        let c = Calibration::fit(&[0.3; 10], 0.1).unwrap();
+        let c = fit_calibration(&[0.3; 10], 0.1).unwrap();
         assert!((c.apply(0.3) - 0.5).abs() < 1e-12);
     }
 
     #[test]
     fn calibration_rejects_bad_contamination() {
-        assert!(Calibration::fit(&[0.1, 0.2], 0.0).is_err());
-        assert!(Calibration::fit(&[0.1, 0.2], 0.7).is_err());
-        assert!(Calibration::fit(&[], 0.1).is_err());
+        assert!(fit_calibration(&[0.1, 0.2], 0.0).is_err());
+        assert!(fit_calibration(&[0.1, 0.2], 0.7).is_err());
+        assert!(fit_calibration(&[], 0.1).is_err());
     }
 
     #[test]

@@ -20,5 +20,5 @@ pub mod iforest;
 pub mod scaler;
 pub mod streaming;
 
-pub use detector::{Calibration, Contribution, Detector, Score};
+pub use detector::{Calibration, Contribution, Detector, Score, fit_calibration};
 pub use error::ModelError;
