@@ -10,12 +10,14 @@
 //! - [`streaming`]: Half-Space Trees and EWMA z-score, update-and-score per event.
 //! - [`eval`]: ROC-AUC, average precision, the SKAB protocol and the NAB v1 scorer.
 //! - [`data`]: CSV loaders for tabular sets, NAB series and SKAB files.
+//! - [`features`]: online features of univariate series for vector detectors.
 //! - [`scaler`]: a serialisable standard scaler fitted with linfa-preprocessing.
 
 pub mod data;
 pub mod detector;
 pub mod error;
 pub mod eval;
+pub mod features;
 pub mod iforest;
 pub mod scaler;
 pub mod streaming;
