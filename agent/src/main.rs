@@ -1,4 +1,4 @@
-//! `anomaly-agent`: the edge agent binary.
+//! `anomaly-agent`: the edge agent binary (being assembled).
 fn main() {
     println!("anomaly-agent {}", env!("CARGO_PKG_VERSION"));
 }
