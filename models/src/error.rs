@@ -28,6 +28,9 @@ pub enum ModelError {
     /// A serialised model could not be decoded.
     #[error("decode model: {0}")]
     Decode(String),
+    /// An error reported by linfa (dataset shape, parameters).
+    #[error("linfa: {0}")]
+    Linfa(#[from] linfa::Error),
     /// An I/O error, with the path or operation that failed.
     #[error("{context}: {source}")]
     Io {
