@@ -805,7 +805,7 @@ pub struct ModelManifest {
     pub window: u32,
     /// Scaler applied before the model, if any.
     pub scaler: Option<StandardScaler>,
-    /// Raw-score threshold.
+    /// Decision threshold on the calibrated score, in `[0, 1]` (a row is anomalous above it).
     pub threshold: f64,
     /// Map from raw score to `[0, 1]`.
     pub calibration: Calibration,
@@ -883,6 +883,9 @@ impl ModelManifest {
             }
         }
         check_finite("threshold", self.threshold)?;
+        if !(0.0..=1.0).contains(&self.threshold) {
+            return Err(WireError::invalid("threshold", "must be in [0, 1] (calibrated score)"));
+        }
         if !self.calibration.is_valid() {
             return Err(WireError::invalid(
                 "calibration",
