@@ -34,6 +34,8 @@ pub mod bundle;
 #[cfg(feature = "tflite")]
 pub mod detector;
 #[cfg(feature = "train")]
+pub mod experiments;
+#[cfg(feature = "train")]
 pub mod export;
 #[cfg(feature = "train")]
 pub mod fit;
