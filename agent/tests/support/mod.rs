@@ -271,15 +271,12 @@ impl FakeCoordinator {
                                         set.insert(a.seq);
                                     }
                                     // Contiguous prefix from the smallest seq held.
-                                    let mut up_to = 0;
-                                    let mut expect = *set.iter().next().unwrap_or(&1);
-                                    for &q in set.iter() {
-                                        if q != expect {
-                                            break;
-                                        }
-                                        up_to = q;
-                                        expect += 1;
-                                    }
+                                    let first = set.iter().next().copied().unwrap_or(1);
+                                    let up_to = (first..)
+                                        .zip(set.iter())
+                                        .take_while(|(want, got)| want == *got)
+                                        .last()
+                                        .map_or(0, |(want, _)| want);
                                     if acking.load(Ordering::Relaxed) && up_to > 0 {
                                         s.acked = s.acked.max(up_to);
                                     }
