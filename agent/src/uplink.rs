@@ -78,7 +78,7 @@ pub struct UplinkConfig {
     pub username: Option<String>,
     /// MQTT password (with `username`).
     pub password: Option<String>,
-    /// PEM CA bundle to verify the broker with (`mqtts://`); default: the system roots are not used, so set it.
+    /// PEM CA bundle to verify the broker with; required for `mqtts://` (system roots are not used).
     pub ca_file: Option<PathBuf>,
     /// PEM client certificate chain for mutual TLS.
     pub client_cert: Option<PathBuf>,
@@ -308,12 +308,75 @@ fn mqtt_options(
 }
 
 mod tls {
-    use super::{UplinkConfig, UplinkError};
-    use rumqttc::Transport;
+    use std::path::Path;
+    use std::sync::Arc;
 
-    /// TLS is not compiled into this build.
-    pub fn transport(_cfg: &UplinkConfig) -> Result<Transport, UplinkError> {
-        Err(UplinkError::Tls("this build has no tls support".into()))
+    use rumqttc::{TlsConfiguration, Transport};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    use super::{UplinkConfig, UplinkError};
+
+    fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, UplinkError> {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| {
+                UplinkError::Tls(format!(
+                    "cannot read certificates from {}: {e}",
+                    path.display()
+                ))
+            })?;
+        if certs.is_empty() {
+            return Err(UplinkError::Tls(format!(
+                "no certificate in {}",
+                path.display()
+            )));
+        }
+        Ok(certs)
+    }
+
+    /// A rustls client config (ring provider, TLS 1.2/1.3) trusting `ca_file`,
+    /// with a client certificate when `client_cert` and `client_key` are set.
+    pub fn transport(cfg: &UplinkConfig) -> Result<Transport, UplinkError> {
+        let ca = cfg.ca_file.as_deref().ok_or_else(|| {
+            UplinkError::Config(
+                "mqtts:// needs ca_file (the CA that signed the broker's certificate)".into(),
+            )
+        })?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in certs(ca)? {
+            roots.add(c).map_err(|e| {
+                UplinkError::Tls(format!("bad CA certificate in {}: {e}", ca.display()))
+            })?;
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| UplinkError::Tls(e.to_string()))?
+        .with_root_certificates(roots);
+        let config = match (&cfg.client_cert, &cfg.client_key) {
+            (Some(cert), Some(key)) => {
+                let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                    UplinkError::Tls(format!(
+                        "cannot read private key from {}: {e}",
+                        key.display()
+                    ))
+                })?;
+                builder
+                    .with_client_auth_cert(certs(cert)?, key)
+                    .map_err(|e| UplinkError::Tls(format!("client certificate: {e}")))?
+            }
+            (None, None) => builder.with_no_client_auth(),
+            _ => {
+                return Err(UplinkError::Config(
+                    "client_cert and client_key go together".into(),
+                ));
+            }
+        };
+        Ok(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(config),
+        )))
     }
 }
 

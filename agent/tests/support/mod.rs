@@ -135,14 +135,17 @@ pub struct Mosquitto {
 impl Mosquitto {
     /// Starts `/usr/sbin/mosquitto` on a free port and waits until it accepts connections.
     pub fn start() -> Mosquitto {
+        Mosquitto::start_with(|port, _dir| {
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        })
+    }
+
+    /// Starts a broker whose config `conf(port, dir)` writes; `port` is the one waited for.
+    pub fn start_with(conf_text: impl FnOnce(u16, &Path) -> String) -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-        )
-        .unwrap();
+        std::fs::write(&conf, conf_text(port, dir.path())).unwrap();
         let mut m = Mosquitto {
             port,
             conf,
