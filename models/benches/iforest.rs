@@ -6,6 +6,9 @@
 //! through `Detector::score` (calibrated). `scripts/bench-iforest` runs this
 //! and the scikit-learn counterpart back to back.
 
+// `criterion_group!` generates an undocumented public function.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
