@@ -111,11 +111,13 @@ async fn alerts_raised_while_the_broker_is_down_are_delivered_after_it_returns()
     let agent = AgentParts::new("edge-3");
     agent.raise(5);
     let stop = CancellationToken::new();
-    let task = tokio::spawn(run_uplink(
-        uplink_config(&broker),
-        agent.shared.clone(),
-        stop.clone(),
-    ));
+    // The restarted broker has no sessions: alerts re-sent before the coordinator
+    // has subscribed again are lost at the broker and come again after resend_after.
+    let cfg = sad_agent::uplink::UplinkConfig {
+        resend_after: Duration::from_secs(1),
+        ..uplink_config(&broker)
+    };
+    let task = tokio::spawn(run_uplink(cfg, agent.shared.clone(), stop.clone()));
     let outbox = agent.shared.outbox.clone();
     assert!(wait_until_async(WAIT, || outbox.depth() == 0).await);
 
