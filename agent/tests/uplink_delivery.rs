@@ -220,3 +220,61 @@ async fn heartbeats_report_counters_and_samples_are_published() {
         .unwrap()
         .unwrap();
 }
+
+/// Measurement, not a check: `cargo test --release -p sad-agent --test uplink_delivery
+/// -- --ignored --nocapture measure`. Prints the durable append rate (one fsync per
+/// batch of 100) and the end-to-end delivery rate through Mosquitto with acks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run explicitly"]
+async fn measure_append_and_delivery_rates() {
+    let broker = Mosquitto::start();
+    let coord = FakeCoordinator::start(broker.port, "sad/v1");
+    let agent = AgentParts::new("edge-bench");
+    let n_batches = 200;
+    let t0 = std::time::Instant::now();
+    let outbox = agent.shared.outbox.clone();
+    tokio::task::spawn_blocking(move || {
+        for _ in 0..n_batches {
+            outbox
+                .append(
+                    (0..100)
+                        .map(|i| {
+                            support::alert(sad_common::wire::Severity::Warning, &format!("s{i}"))
+                        })
+                        .collect(),
+                )
+                .unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    let append_s = t0.elapsed().as_secs_f64();
+    let n = (n_batches * 100) as f64;
+    println!(
+        "append: {n} alerts in {n_batches} flushed batches: {:.0} alerts/s, {:.2} ms per batch; outbox {} bytes",
+        n / append_s,
+        append_s * 1000.0 / n_batches as f64,
+        agent.shared.outbox.bytes()
+    );
+    let cfg = sad_agent::uplink::UplinkConfig {
+        batch_max: 500,
+        ..uplink_config(&broker)
+    };
+    let stop = CancellationToken::new();
+    let t1 = std::time::Instant::now();
+    let task = tokio::spawn(run_uplink(cfg, agent.shared.clone(), stop.clone()));
+    let outbox = agent.shared.outbox.clone();
+    assert!(wait_until_async(Duration::from_secs(300), || outbox.depth() == 0).await);
+    let deliver_s = t1.elapsed().as_secs_f64();
+    println!(
+        "delivery: {n} alerts published, acked and deleted in {deliver_s:.2} s: {:.0} alerts/s; distinct received {}",
+        n / deliver_s,
+        coord.seen.lock().unwrap().distinct().len()
+    );
+    stop.cancel();
+    tokio::time::timeout(WAIT, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
