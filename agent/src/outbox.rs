@@ -139,6 +139,8 @@ pub struct VerifyReport {
     pub meta_last_seq: u64,
     /// Alerts dropped by the full-outbox policy (persisted counter).
     pub dropped: u64,
+    /// Agent id of the stored alerts (of the first valid one).
+    pub agent_id: Option<String>,
     /// Total problems found.
     pub problem_count: u64,
     /// The first problems, described.
@@ -164,7 +166,8 @@ impl fmt::Display for VerifyReport {
         let seq = |s: Option<u64>| s.map_or("-".to_string(), |v| v.to_string());
         writeln!(
             f,
-            "entries {} (valid {}), {} bytes, seq {}..{}, meta last_seq {}, dropped {}",
+            "agent {}: entries {} (valid {}), {} bytes, seq {}..{}, meta last_seq {}, dropped {}",
+            self.agent_id.as_deref().unwrap_or("-"),
             self.entries,
             self.valid,
             self.bytes,
@@ -560,7 +563,8 @@ impl Outbox {
         self.pending(0, limit)
     }
 
-    /// Decodes every entry and checks keys, seq order, agent id, byte count and
+    /// Decodes every entry and checks keys, seq order, that all entries carry one
+    /// agent id (any: an inspecting tool may open the outbox under another id), and
     /// that `last_seq` covers the largest key. Problems are reported, never panicked on.
     pub fn verify(&self) -> Result<VerifyReport, OutboxError> {
         let inner = &self.inner;
@@ -603,11 +607,15 @@ impl Outbox {
                 Ok(a) if a.seq != seq => {
                     r.problem(format!("seq {seq}: value carries seq {}", a.seq))
                 }
-                Ok(a) if a.agent_id != inner.agent_id => r.problem(format!(
-                    "seq {seq}: agent_id {:?} is not this outbox's {:?}",
-                    a.agent_id, inner.agent_id
-                )),
+                Ok(a) if r.agent_id.as_ref().is_some_and(|id| *id != a.agent_id) => {
+                    r.problem(format!(
+                        "seq {seq}: agent_id {:?} differs from the other entries' {:?}",
+                        a.agent_id,
+                        r.agent_id.as_deref().unwrap_or_default()
+                    ))
+                }
                 Ok(a) => {
+                    r.agent_id.get_or_insert_with(|| a.agent_id.clone());
                     r.valid += 1;
                     *r.by_severity.entry(a.severity).or_default() += 1;
                 }
@@ -871,6 +879,35 @@ pub(crate) mod tests {
             .unwrap();
         let r = ob.verify().unwrap();
         assert!(r.problems[0].contains("value carries seq 9"), "{r}");
+    }
+
+    #[test]
+    fn verify_works_under_another_id_but_flags_entries_of_two_agents() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let ob = Outbox::open(&cfg(dir.path()), "edge-1", None).unwrap();
+            ob.append(vec![alert(Severity::Info, "s")]).unwrap();
+        }
+        let ob = Outbox::open(&cfg(dir.path()), "inspect", None).unwrap();
+        let r = ob.verify().unwrap();
+        assert!(r.is_ok(), "{r}");
+        assert_eq!(r.agent_id.as_deref(), Some("edge-1"));
+        assert!(r.to_string().starts_with("agent edge-1: entries 1"), "{r}");
+        // A value of another agent under this outbox's keys is a problem.
+        let mut a = ob.inspect(1).unwrap().remove(0);
+        a.agent_id = "edge-2".into();
+        a.seq = 2;
+        ob.inner
+            .alerts
+            .insert(be(2), frame::encode(&a).unwrap())
+            .unwrap();
+        ob.inner.meta.insert(META_LAST_SEQ, &be(2)).unwrap();
+        let r = ob.verify().unwrap();
+        assert_eq!(r.problem_count, 1, "{r}");
+        assert!(
+            r.problems[0].contains("differs from the other entries"),
+            "{r}"
+        );
     }
 
     #[test]
