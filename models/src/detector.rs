@@ -134,7 +134,7 @@ pub fn check_row(row: &[f64], n_features: usize) -> Result<()> {
 /// Checks a row-major batch: its length is a multiple of `n_features` and
 /// every value is finite. Returns the number of rows.
 pub fn check_batch(rows: &[f64], n_features: usize) -> Result<usize> {
-    if n_features == 0 || rows.len() % n_features != 0 {
+    if n_features == 0 || !rows.len().is_multiple_of(n_features) {
         return Err(ModelError::Dimension {
             expected: n_features,
             got: if n_features == 0 {
