@@ -1,8 +1,28 @@
 //! Coordinator of the stream anomaly detector.
 //!
-//! - [`evaluate`]: the evaluation commands (`eval tabular|nab|skab`) that
-//!   produce the quality figures in `docs/QUALITY.md`.
-//! - [`demo`]: the first command of the README.
+//! - [`broker`]: the embedded MQTT broker (rumqttd) used when no `MQTT_URL` is set.
+//! - [`intake`]: MQTT alert intake (`$share/` subscription): decode, validate,
+//!   dedupe, store, produce to Kafka, and only then ack the agent.
+//! - [`store`]: the sled alert store, queryable, with retention.
+//! - [`kafka`]: the Kafka producer (idempotent) and topic management.
+//! - [`central`]: central detection on `KAFKA_TOPIC_INPUT` with the agent's pipeline.
+//! - [`fleet`]: agents seen through their heartbeats.
+//! - [`quality`]: precision and recall from labels and operator feedback.
+//! - [`api`]: the REST API on port 8001.
+//! - [`metrics`]: Prometheus metrics on `PROMETHEUS_PORT`.
+//! - [`config`], [`app`]: settings and the wiring of `serve`.
+//! - [`evaluate`], [`demo`]: the evaluation commands and the README's first command.
 
+pub mod api;
+pub mod app;
+pub mod broker;
+pub mod central;
+pub mod config;
 pub mod demo;
 pub mod evaluate;
+pub mod fleet;
+pub mod intake;
+pub mod kafka;
+pub mod metrics;
+pub mod quality;
+pub mod store;
