@@ -393,6 +393,18 @@ impl OffsetFile {
     }
 }
 
+impl Drop for OffsetFile {
+    /// Saves a deferred position once nothing can commit any more (end of replay, shutdown).
+    fn drop(&mut self) {
+        if let Ok(st) = self.state.lock()
+            && st.1.is_some()
+            && let Err(e) = self.write(st.0)
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot save the file source offset");
+        }
+    }
+}
+
 impl Committer for OffsetFile {
     fn commit(&self, position: u64, durable: bool) {
         let Ok(mut st) = self.state.lock() else {
