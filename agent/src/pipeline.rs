@@ -574,6 +574,7 @@ impl Pipeline {
         let mut last_conf: HashMap<ModelKind, f64> = HashMap::new();
         for (env, route) in batch.iter().zip(&routes) {
             let ev = &env.event;
+            #[allow(clippy::type_complexity)]
             let (score, threshold, row, kind, name, version, names, detector): (
                 sad_models::Score,
                 f64,
@@ -783,7 +784,7 @@ fn feature_name(names: &[String], row_len: usize, idx: usize) -> String {
         return format!("f{idx}");
     }
     let per_step = names.len();
-    if row_len > per_step && row_len % per_step == 0 {
+    if row_len > per_step && row_len.is_multiple_of(per_step) {
         let steps = row_len / per_step;
         let step = idx / per_step;
         format!("{}[t-{}]", names[idx % per_step], steps - 1 - step)

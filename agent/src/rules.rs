@@ -253,7 +253,7 @@ impl RulesEngine {
             Some(p) => p,
             None => {
                 // Only series that leave Idle need state.
-                if !(score > enter) {
+                if !is_above(score, enter) {
                     return None;
                 }
                 self.series.entry(series.to_string()).or_insert(Phase::Idle)
@@ -327,7 +327,7 @@ fn step(
             episode_id,
             severity,
         } => {
-            if !(score > exit) {
+            if !is_above(score, exit) {
                 let until_ms =
                     ts_ms.saturating_add(i64::try_from(cfg.cooldown_ms).unwrap_or(i64::MAX));
                 if cfg.cooldown_ms == 0 {
@@ -355,6 +355,11 @@ fn step(
             }
         }
     }
+}
+
+/// `score > bound`, false for NaN (so a NaN score never opens or holds an episode).
+fn is_above(score: f64, bound: f64) -> bool {
+    score.partial_cmp(&bound) == Some(std::cmp::Ordering::Greater)
 }
 
 #[cfg(test)]

@@ -455,7 +455,7 @@ impl Mapping {
     ) -> Result<Event, BadInput> {
         let arr: Vec<serde_json::Value> =
             serde_json::from_slice(payload).map_err(|e| BadInput::Parse(e.to_string()))?;
-        self.from_cells(arr.iter().map(json_cell).collect(), topic, now_ms)
+        self.event_from_cells(arr.iter().map(json_cell).collect(), topic, now_ms)
     }
 
     /// Parses a CSV line (comma-separated, optional double quotes) whose positions are named by `columns`.
@@ -482,10 +482,10 @@ impl Mapping {
                 }
             })
             .collect();
-        self.from_cells(cells, topic, now_ms)
+        self.event_from_cells(cells, topic, now_ms)
     }
 
-    fn from_cells(
+    fn event_from_cells(
         &self,
         cells: Vec<Cell<'_>>,
         topic: Option<&str>,

@@ -262,7 +262,7 @@ impl FileSourceConfig {
             if text.is_empty() {
                 continue;
             }
-            if *sent % 256 == 0 {
+            if (*sent).is_multiple_of(256) {
                 now = super::now_ms();
             }
             let parsed = match format {
