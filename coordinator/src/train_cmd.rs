@@ -281,7 +281,13 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             pb.finish();
             let mut metrics = std::collections::BTreeMap::new();
             metrics.insert("epochs".into(), fitted.outcome.history.len() as f64);
-            if let Some(v) = fitted.outcome.history.iter().filter_map(|r| r.val_loss).reduce(f64::min) {
+            if let Some(v) = fitted
+                .outcome
+                .history
+                .iter()
+                .filter_map(|r| r.val_loss)
+                .reduce(f64::min)
+            {
                 metrics.insert("val_mse".into(), v);
             }
             let rec = TrainingRecord {
@@ -366,7 +372,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             for f in files {
                 let ae = experiments::tabular_auc(&f, NnKind::Dense, a.epochs, a.seed)?;
                 let vae = experiments::tabular_auc(&f, NnKind::Vae, a.epochs, a.seed)?;
-                let name = f.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+                let name = f
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().to_string())
+                    .unwrap_or_default();
                 println!("| {name} | {ae:.3} | {vae:.3} |");
             }
         }
@@ -379,7 +388,14 @@ pub fn run(args: &TrainArgs) -> Result<()> {
                 ("dense AE".to_string(), NnKind::Dense, 1),
                 ("VAE".to_string(), NnKind::Vae, 1),
             ] {
-                let c = experiments::skab_counts(&d.files, kind, window, a.epochs, a.contamination, a.seed)?;
+                let c = experiments::skab_counts(
+                    &d.files,
+                    kind,
+                    window,
+                    a.epochs,
+                    a.contamination,
+                    a.seed,
+                )?;
                 println!(
                     "| {name} | {:.3} | {:.3} | {:.3} |",
                     c.f1(),

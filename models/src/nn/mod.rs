@@ -41,6 +41,8 @@ pub mod export;
 pub mod fit;
 #[cfg(feature = "tflite")]
 pub mod graph;
+#[cfg(feature = "train")]
+pub mod pretrained;
 pub mod rng;
 #[cfg(feature = "tflite")]
 pub mod tflite;
