@@ -359,7 +359,11 @@ pub async fn run_intake(
             topics.shared_status(&format!("{g}.status"))?,
             topics.shared_samples(&format!("{g}.samples"))?,
         ],
-        None => vec![topics.all_alerts(), topics.all_status(), topics.all_samples()],
+        None => vec![
+            topics.all_alerts(),
+            topics.all_status(),
+            topics.all_samples(),
+        ],
     };
     let opts = mqtt_options(&cfg)?;
     let (client, mut eventloop) = AsyncClient::new(opts, 256);

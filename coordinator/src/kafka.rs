@@ -22,7 +22,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use sad_common::config::EnvSettings;
 use sad_common::{Alert, AlertRecord};
 use thiserror::Error;
@@ -136,7 +136,9 @@ pub async fn ensure_topics(cfg: &KafkaConfig) -> Result<(), KafkaError> {
 enum Target {
     StoreOnly,
     Kafka {
-        producer: FutureProducer,
+        /// Replaced after a fatal idempotence error (e.g. a broker that lost producer state).
+        producer: std::sync::Mutex<FutureProducer>,
+        config: ClientConfig,
         topic: String,
     },
 }
@@ -157,9 +159,12 @@ impl AlertSink {
     }
 
     /// An idempotent producer (`acks=all`) to `cfg.output_topic`; counts failures in `metrics`.
-    pub fn kafka(cfg: &KafkaConfig, metrics: Option<CoordinatorMetrics>) -> Result<Self, KafkaError> {
-        let producer: FutureProducer = cfg
-            .client_config()
+    pub fn kafka(
+        cfg: &KafkaConfig,
+        metrics: Option<CoordinatorMetrics>,
+    ) -> Result<Self, KafkaError> {
+        let mut config = cfg.client_config();
+        config
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
@@ -167,15 +172,25 @@ impl AlertSink {
             .set(
                 "message.timeout.ms",
                 MESSAGE_TIMEOUT.as_millis().to_string(),
-            )
-            .create()?;
+            );
+        let producer: FutureProducer = config.create()?;
         Ok(Self {
             target: Target::Kafka {
-                producer,
+                producer: std::sync::Mutex::new(producer),
+                config,
                 topic: cfg.output_topic.clone(),
             },
             metrics,
         })
+    }
+
+    fn target_producer(&self) -> Result<std::sync::MutexGuard<'_, FutureProducer>, ()> {
+        match &self.target {
+            Target::Kafka { producer, .. } => {
+                Ok(producer.lock().unwrap_or_else(|p| p.into_inner()))
+            }
+            Target::StoreOnly => Err(()),
+        }
     }
 
     /// Whether alerts go to Kafka.
@@ -185,9 +200,15 @@ impl AlertSink {
 
     /// Sends every alert and waits for every delivery report; `Ok` only when all succeeded.
     pub async fn deliver(&self, alerts: &[Alert]) -> Result<(), SinkError> {
-        let Target::Kafka { producer, topic } = &self.target else {
+        let Target::Kafka {
+            producer,
+            config,
+            topic,
+        } = &self.target
+        else {
             return Ok(());
         };
+        let producer = producer.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut pending = Vec::with_capacity(alerts.len());
         let mut failed = 0usize;
         let mut first: Option<String> = None;
@@ -239,6 +260,23 @@ impl AlertSink {
         }
         if let Some(m) = &self.metrics {
             m.kafka_delivery_errors.inc_by(failed as u64);
+        }
+        // After failed deliveries (timeouts while the broker was away, or a fatal
+        // idempotence error when a broker lost producer state) the old producer can
+        // stay wedged: start a new one (new producer id); the caller re-sends.
+        let fatal = producer.client().fatal_error();
+        tracing::warn!(
+            ?fatal,
+            failed,
+            "kafka deliveries failed, recreating the producer"
+        );
+        match config.create::<FutureProducer>() {
+            Ok(p) => {
+                if let Ok(mut slot) = self.target_producer() {
+                    *slot = p;
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot recreate the kafka producer"),
         }
         Err(SinkError::Delivery {
             failed,

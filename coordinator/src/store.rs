@@ -316,10 +316,7 @@ impl AlertStore {
             });
             added_bytes += value.len() as u64;
             batch.insert(akey, value);
-            batch.insert(
-                key(BY_TS, &[&sortable(a.ts_ms), id.as_bytes()]),
-                Vec::new(),
-            );
+            batch.insert(key(BY_TS, &[&sortable(a.ts_ms), id.as_bytes()]), Vec::new());
             batch.insert(
                 key(BY_RECEIVED, &[&sortable(received_ms), id.as_bytes()]),
                 Vec::new(),
@@ -529,8 +526,20 @@ mod tests {
         let first = s.insert_batch(&[a.clone(), b.clone(), a.clone()]).unwrap();
         let second = s.insert_batch(&[a.clone(), b]).unwrap();
         println!("first {first:?}, second {second:?}, stored {}", s.len());
-        assert_eq!(first, InsertOutcome { new: 2, duplicates: 1 });
-        assert_eq!(second, InsertOutcome { new: 0, duplicates: 2 });
+        assert_eq!(
+            first,
+            InsertOutcome {
+                new: 2,
+                duplicates: 1
+            }
+        );
+        assert_eq!(
+            second,
+            InsertOutcome {
+                new: 0,
+                duplicates: 2
+            }
+        );
         assert_eq!(s.len(), 2);
         assert_eq!(s.get("a1:1").unwrap().unwrap().alert, a);
         assert!(s.get("a1:3").unwrap().is_none());
@@ -544,7 +553,13 @@ mod tests {
         for i in 0..30u64 {
             let sev = Severity::ALL[(i % 3) as usize];
             let agent = if i % 2 == 0 { "even" } else { "odd" };
-            all.push(alert(agent, i + 1, &format!("s{}", i % 5), 1000 + i as i64, sev));
+            all.push(alert(
+                agent,
+                i + 1,
+                &format!("s{}", i % 5),
+                1000 + i as i64,
+                sev,
+            ));
         }
         s.insert_batch(&all).unwrap();
         let ids = |q: AlertQuery| -> Vec<u64> {
@@ -579,7 +594,11 @@ mod tests {
             })
             .unwrap();
         assert_eq!(critical.len(), 10);
-        assert!(critical.iter().all(|x| x.alert.severity == Severity::Critical));
+        assert!(
+            critical
+                .iter()
+                .all(|x| x.alert.severity == Severity::Critical)
+        );
         // Pagination with the cursor walks the rest without repeats.
         let page1 = s
             .query(&AlertQuery {
@@ -593,7 +612,11 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(page2, (1..=10).rev().collect::<Vec<_>>());
-        println!("query filters: {} alerts, 2 pages of 20 + {}", all.len(), page2.len());
+        println!(
+            "query filters: {} alerts, 2 pages of 20 + {}",
+            all.len(),
+            page2.len()
+        );
         assert!(matches!(
             s.query(&AlertQuery {
                 cursor: Some("nope".into()),
@@ -695,7 +718,10 @@ mod tests {
         assert_eq!(
             s.insert_batch(&[alert("a", 1, "s", 1, Severity::Info)])
                 .unwrap(),
-            InsertOutcome { new: 0, duplicates: 1 }
+            InsertOutcome {
+                new: 0,
+                duplicates: 1
+            }
         );
     }
 }

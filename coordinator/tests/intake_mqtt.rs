@@ -35,12 +35,23 @@ fn start_intake(url: String, share_group: Option<&str>) -> Running {
         client_id: format!("coordinator-{}", free_port()),
     };
     let task = tokio::spawn({
-        let (store, fleet, metrics, shutdown) =
-            (store.clone(), fleet.clone(), metrics.clone(), shutdown.clone());
+        let (store, fleet, metrics, shutdown) = (
+            store.clone(),
+            fleet.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
         async move {
-            run_intake(cfg, store, Arc::new(AlertSink::store_only()), fleet, metrics, shutdown)
-                .await
-                .unwrap();
+            run_intake(
+                cfg,
+                store,
+                Arc::new(AlertSink::store_only()),
+                fleet,
+                metrics,
+                shutdown,
+            )
+            .await
+            .unwrap();
         }
     });
     Running {
@@ -110,10 +121,16 @@ async fn every_alert_is_stored_once_and_acked(url: String, port: u16, share: Opt
     );
     assert_eq!(run.store.len(), 200);
     for seq in 1..=200 {
-        assert!(run.store.get(&format!("edge-1:{seq}")).unwrap().is_some(), "seq {seq} missing");
+        assert!(
+            run.store.get(&format!("edge-1:{seq}")).unwrap().is_some(),
+            "seq {seq} missing"
+        );
     }
     assert!(run.store.get("edge-2:1").unwrap().is_none());
-    assert!(acks.windows(2).all(|w| w[0] <= w[1]), "acks went back: {acks:?}");
+    assert!(
+        acks.windows(2).all(|w| w[0] <= w[1]),
+        "acks went back: {acks:?}"
+    );
     assert_eq!(*acks.last().unwrap(), 200);
     assert!(duplicates >= 20, "{duplicates}");
     assert_eq!(received - duplicates, 200);

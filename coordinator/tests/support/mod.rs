@@ -235,13 +235,17 @@ impl FakeAgent {
         let acks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
         let task = {
-            let (client, acks, topic) = (client.clone(), acks.clone(), topics.acks(agent_id).unwrap());
+            let (client, acks, topic) =
+                (client.clone(), acks.clone(), topics.acks(agent_id).unwrap());
             tokio::spawn(async move {
                 let mut subscribed_tx = Some(subscribed_tx);
                 loop {
                     match eventloop.poll().await {
                         Ok(Event::Incoming(Incoming::ConnAck(_))) => {
-                            client.subscribe(topic.clone(), QoS::AtLeastOnce).await.unwrap();
+                            client
+                                .subscribe(topic.clone(), QoS::AtLeastOnce)
+                                .await
+                                .unwrap();
                         }
                         Ok(Event::Incoming(Incoming::SubAck(_))) => {
                             if let Some(tx) = subscribed_tx.take() {
@@ -249,7 +253,9 @@ impl FakeAgent {
                             }
                         }
                         Ok(Event::Incoming(Incoming::Publish(p))) => {
-                            if let Ok(ack) = sad_common::frame::decode::<sad_common::Ack>(&p.payload) {
+                            if let Ok(ack) =
+                                sad_common::frame::decode::<sad_common::Ack>(&p.payload)
+                            {
                                 acks.lock().unwrap().push((Instant::now(), ack.up_to_seq));
                             }
                         }
@@ -295,12 +301,19 @@ impl FakeAgent {
                 .map(|s| alert(&self.agent_id, s, &format!("s{}", s % 7), now))
                 .collect(),
         };
-        self.publish_raw(sad_common::frame::encode(&batch).unwrap()).await;
+        self.publish_raw(sad_common::frame::encode(&batch).unwrap())
+            .await;
     }
 
     /// Highest ack received so far (0 = none).
     pub fn acked(&self) -> u64 {
-        self.acks.lock().unwrap().iter().map(|(_, s)| *s).max().unwrap_or(0)
+        self.acks
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, s)| *s)
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -313,10 +326,9 @@ impl Drop for FakeAgent {
 /// A temp dir with a store in it.
 pub fn temp_store() -> (tempfile::TempDir, sad_coordinator::store::AlertStore) {
     let dir = tempfile::tempdir().unwrap();
-    let store = sad_coordinator::store::AlertStore::open(
-        &sad_coordinator::store::StoreConfig::at(dir.path().join("store")),
-    )
+    let store = sad_coordinator::store::AlertStore::open(&sad_coordinator::store::StoreConfig::at(
+        dir.path().join("store"),
+    ))
     .unwrap();
     (dir, store)
 }
-
