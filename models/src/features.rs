@@ -34,7 +34,12 @@ impl SeriesFeaturizer {
     /// A featuriser whose window statistics cover the last `window` readings (at least 2).
     pub fn new(window: usize) -> Self {
         let window = window.max(2);
-        Self { window, recent: VecDeque::with_capacity(window), sum: 0.0, sum_sq: 0.0 }
+        Self {
+            window,
+            recent: VecDeque::with_capacity(window),
+            sum: 0.0,
+            sum_sq: 0.0,
+        }
     }
 
     /// Number of features per point.
