@@ -884,7 +884,10 @@ impl ModelManifest {
         }
         check_finite("threshold", self.threshold)?;
         if !(0.0..=1.0).contains(&self.threshold) {
-            return Err(WireError::invalid("threshold", "must be in [0, 1] (calibrated score)"));
+            return Err(WireError::invalid(
+                "threshold",
+                "must be in [0, 1] (calibrated score)",
+            ));
         }
         if !self.calibration.is_valid() {
             return Err(WireError::invalid(
