@@ -228,6 +228,9 @@ pub struct EvalNabArgs {
     /// Maximum epochs per series.
     #[arg(long, default_value_t = 15)]
     pub epochs: usize,
+    /// Report raw per-step scores instead of only their rising edges.
+    #[arg(long)]
+    pub no_edges: bool,
     /// Seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -405,7 +408,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             }
         }
         TrainCommand::EvalNab(a) => {
-            let r = experiments::nab_lstm(&a.path, a.window, a.epochs, a.seed)?;
+            let r = experiments::nab_lstm(&a.path, a.window, a.epochs, a.seed, !a.no_edges)?;
             println!(
                 "LSTM-AE (T={}) NAB standard score {:.1} at threshold {:.3}",
                 a.window, r.normalized_score, r.threshold

@@ -60,9 +60,14 @@ fn skab_f1_of_the_neural_detectors() {
 #[ignore = "minutes in release; prints the NAB standard score of the LSTM-AE"]
 fn nab_standard_score_of_the_lstm_autoencoder() {
     let Some(root) = shared() else { return };
-    let r = nab_lstm(&root.join("nab"), 32, 15, 0).unwrap();
+    let r = nab_lstm(&root.join("nab"), 32, 15, 0, false).unwrap();
     println!(
         "nab lstm-ae T=32: standard {:.1} (threshold {:.3}, counts {:?})",
+        r.normalized_score, r.threshold, r.counts
+    );
+    let r = nab_lstm(&root.join("nab"), 32, 15, 0, true).unwrap();
+    println!(
+        "nab lstm-ae T=32, rising edges: standard {:.1} (threshold {:.3}, counts {:?})",
         r.normalized_score, r.threshold, r.counts
     );
 }

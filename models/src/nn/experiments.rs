@@ -133,9 +133,33 @@ pub fn skab_counts(
     Ok(counts)
 }
 
+/// Keeps a score only where it rises above every score of the previous
+/// `span` steps (0 elsewhere): NAB rewards the earliest detection of a window
+/// and charges every detection outside one, so a detector should report the
+/// onset of high reconstruction error, not each step of it.
+pub fn rising_edges(scores: &[f64], span: usize) -> Vec<f64> {
+    (0..scores.len())
+        .map(|t| {
+            let past = &scores[t.saturating_sub(span)..t];
+            if past.iter().all(|&p| scores[t] > p) {
+                scores[t]
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
 /// NAB v1 result (standard profile) of a univariate LSTM autoencoder with
-/// windows of `window` steps trained on each series' probationary period.
-pub fn nab_lstm(nab_dir: &Path, window: usize, epochs: usize, seed: u64) -> NnResult<NabResult> {
+/// windows of `window` steps trained on each series' probationary period;
+/// with `edges`, only [`rising_edges`] over one window count as detections.
+pub fn nab_lstm(
+    nab_dir: &Path,
+    window: usize,
+    epochs: usize,
+    seed: u64,
+    edges: bool,
+) -> NnResult<NabResult> {
     let corpus = data::load_nab_corpus(nab_dir).map_err(|e| NnError::Input(e.to_string()))?;
     let mut all_scores = Vec::with_capacity(corpus.series.len());
     for series in &corpus.series {
@@ -154,12 +178,12 @@ pub fn nab_lstm(nab_dir: &Path, window: usize, epochs: usize, seed: u64) -> NnRe
         let (raw, _) = fitted.detector.score_windows(&windows)?;
         let steps = super::window::step_scores(&raw, v.len(), window);
         let cal = *fitted.detector.calibration();
-        all_scores.push(
-            steps
-                .into_iter()
-                .map(|r| cal.apply(r))
-                .collect::<Vec<f64>>(),
-        );
+        let calibrated: Vec<f64> = steps.into_iter().map(|r| cal.apply(r)).collect();
+        all_scores.push(if edges {
+            rising_edges(&calibrated, window)
+        } else {
+            calibrated
+        });
     }
     let inputs: Vec<NabFileInput<'_>> = corpus
         .series
@@ -168,4 +192,15 @@ pub fn nab_lstm(nab_dir: &Path, window: usize, epochs: usize, seed: u64) -> NnRe
         .map(|(s, sc)| NabFileInput::from_series(s, sc))
         .collect();
     Ok(nab::optimize_threshold(&inputs, NabProfile::Standard)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_new_highs_over_the_span_survive() {
+        let s = [0.1, 0.5, 0.6, 0.6, 0.2, 0.7, 0.3];
+        assert_eq!(rising_edges(&s, 2), vec![0.1, 0.5, 0.6, 0.0, 0.0, 0.7, 0.0]);
+    }
 }
