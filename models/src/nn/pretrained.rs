@@ -108,11 +108,14 @@ pub struct TrainingRecord {
     pub notes: Option<String>,
 }
 
+/// `.tflite` side files of a model: file name and bytes.
+pub type SideFiles = Vec<(String, Vec<u8>)>;
+
 /// The manifest, payload and `.tflite` side files of a fitted neural model.
 pub fn nn_files(
     fitted: &FittedNn,
     rec: &TrainingRecord,
-) -> NnResult<(ModelManifest, Vec<u8>, Vec<(String, Vec<u8>)>)> {
+) -> NnResult<(ModelManifest, Vec<u8>, SideFiles)> {
     let payload = fitted.payload().to_bytes()?;
     let d = &fitted.detector;
     let manifest = ModelManifest {
