@@ -30,8 +30,11 @@ use crate::api::models::{Jobs, RulesPublisher, RulesStore};
 use crate::api::registry::ModelRegistry;
 use crate::api::{ApiLimits, ApiState, AppState, HealthBoard};
 use crate::broker::start_embedded_broker;
+use crate::central::{CentralPipeline, run_central_detection};
 use crate::config::CoordinatorConfig;
 use crate::fleet::Fleet;
+use crate::intake::{IntakeConfig, run_intake};
+use crate::kafka::{AlertSink, KafkaConfig, ensure_topics};
 use crate::metrics::CoordinatorMetrics;
 use crate::quality::Quality;
 use crate::store::{AlertQuery, AlertStore, StoreConfig};
@@ -268,6 +271,75 @@ pub async fn serve(
 
     let rules = Arc::new(RulesStore::open(&data_dir).map_err(|e| start_err("rules", e))?);
     let mut tasks = Vec::new();
+
+    // Alerts: intake from the agents, Kafka bridge when KAFKA_BROKERS is set,
+    // central detection on the input topic, retention in the background.
+    let kafka_cfg = KafkaConfig::from_env(&cfg.env);
+    let sink = match &kafka_cfg {
+        Some(k) => {
+            if let Err(e) = ensure_topics(k).await {
+                // Deliveries retry until the broker answers; the intake acks nothing meanwhile.
+                tracing::warn!(error = %e, "could not create the kafka topics yet");
+            }
+            Arc::new(AlertSink::kafka(k, Some(metrics.clone())).map_err(|e| start_err("kafka", e))?)
+        }
+        None => Arc::new(AlertSink::store_only()),
+    };
+    let intake_cfg = IntakeConfig {
+        mqtt_url: mqtt_url.clone(),
+        topic_prefix: cfg.env.mqtt_topic_prefix.clone(),
+        share_group: Some("sad-coordinators".into()),
+        client_id: format!("sad-coordinator-intake-{}", replica_id()),
+    };
+    {
+        let (store, sink, fleet, m, stop) = (
+            store.clone(),
+            sink.clone(),
+            fleet.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = run_intake(intake_cfg, store, sink, fleet, m, stop).await {
+                tracing::error!(error = %e, "alert intake stopped");
+            }
+        }));
+    }
+    if let Some(k) = kafka_cfg {
+        let (store, sink, m, stop) = (
+            store.clone(),
+            sink.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) =
+                run_central_detection(&k, CentralPipeline::streaming(), store, sink, m, stop).await
+            {
+                tracing::error!(error = %e, "central detection stopped");
+            }
+        }));
+    }
+    {
+        let (store, fleet, stop) = (store.clone(), fleet.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let now = sad_agent::heartbeat::now_ms();
+                fleet.expire(now, Duration::from_secs(120));
+                let st = store.clone();
+                match tokio::task::spawn_blocking(move || st.enforce_retention(now)).await {
+                    Ok(Err(e)) => tracing::warn!(error = %e, "alert retention failed"),
+                    Err(e) => tracing::warn!(error = %e, "alert retention task failed"),
+                    Ok(Ok(_)) => {}
+                }
+            }
+        }));
+    }
     if let Some((host, port)) = mqtt_host_port(&mqtt_url) {
         let mut opts = MqttOptions::new(
             format!("sad-coordinator-api-{}", std::process::id()),
@@ -378,9 +450,35 @@ pub async fn serve(
     })
 }
 
+/// A stable id for this replica's persistent MQTT session: `COORDINATOR_ID`,
+/// else the host name, else `local`.
+fn replica_id() -> String {
+    let raw = std::env::var("COORDINATOR_ID")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .unwrap_or_default();
+    let id: String = raw
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .take(48)
+        .collect();
+    if id.is_empty() { "local".into() } else { id }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replica_ids_are_topic_and_client_id_safe() {
+        let id = replica_id();
+        assert!(!id.is_empty() && id.len() <= 48);
+        assert!(
+            id.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        );
+    }
 
     #[test]
     fn mqtt_urls_give_host_and_port() {
