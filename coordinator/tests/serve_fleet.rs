@@ -27,7 +27,7 @@ fn alert(i: usize) -> Alert {
         score: 0.9,
         raw_score: 0.7,
         threshold: 0.5,
-        severity: if i % 2 == 0 {
+        severity: if i.is_multiple_of(2) {
             Severity::Warning
         } else {
             Severity::Critical
@@ -53,11 +53,13 @@ async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_on_embedded_defaults_stores_and_acks_an_agents_alerts() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = CoordinatorConfig::default();
-    cfg.api_listen = "127.0.0.1:0".parse().unwrap();
-    cfg.prometheus_listen = "127.0.0.1:0".parse().unwrap();
-    cfg.broker_listen = "127.0.0.1:0".parse().unwrap();
-    cfg.data_dir = dir.path().join("coordinator");
+    let mut cfg = CoordinatorConfig {
+        api_listen: "127.0.0.1:0".parse().unwrap(),
+        prometheus_listen: "127.0.0.1:0".parse().unwrap(),
+        broker_listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().join("coordinator"),
+        ..CoordinatorConfig::default()
+    };
     cfg.env.model_path = dir.path().join("models");
     cfg.env.mqtt_url = None;
     cfg.env.kafka_brokers = None;
