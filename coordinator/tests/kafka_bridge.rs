@@ -207,11 +207,19 @@ async fn no_ack_is_published_while_kafka_is_down_and_acks_resume_when_it_is_back
     let back = wait_until_async(Duration::from_secs(90), || agent.acked() >= 20).await;
     println!("after the restart: acked up to {}", agent.acked());
     assert!(back, "acks did not resume after kafka came back");
-    let records = read_topic(&cfg, &cfg.output_topic, Duration::from_secs(30), |r| {
-        r.iter().any(|x| x.record.alert_id == "edge-1:20")
+    // Wait for every alert of the outage batch: they sit in several
+    // partitions, so seeing one of them says nothing about the others.
+    let has = |r: &[Read], seq: u64| {
+        let id = format!("edge-1:{seq}");
+        r.iter().any(|x: &Read| x.record.alert_id == id)
+    };
+    let records = read_topic(&cfg, &cfg.output_topic, Duration::from_secs(60), |r| {
+        (11..=20).all(|seq| has(r, seq))
     })
     .await;
-    assert!(records.iter().any(|x| x.record.alert_id == "edge-1:15"));
+    for seq in 11..=20 {
+        assert!(has(&records, seq), "edge-1:{seq} acked but not in kafka");
+    }
     bridge.shutdown.cancel();
 }
 
