@@ -11,7 +11,7 @@
 //! | `isolation_forest` | [`IsolationForest::to_bytes`] (postcard) |
 //! | `half_space_trees` | [`HalfSpaceTrees::to_bytes`] (postcard, with its learnt state) |
 //! | `ewma` | [`EwmaZScore::to_bytes`] (postcard, with its learnt state) |
-//! | `autoencoder`, `lstm`, `vae` | TFLite flatbuffer (the neural models' module) |
+//! | `autoencoder`, `lstm`, `vae` | `nn::bundle::NnPayload`: architecture plus batch-1 and batch-N `.tflite` files |
 
 use std::collections::BTreeMap;
 
@@ -75,10 +75,44 @@ pub fn detector_from_parts(manifest: &ModelManifest, payload: &[u8]) -> Result<B
     })
 }
 
-/// Neural kinds are built by the TFLite module once it provides a loader.
+/// Neural kinds: the payload holds the architecture and the batch-1 and
+/// batch-N `.tflite` files; the manifest's scaler, calibration and threshold
+/// go into the detector (which scales rows itself).
+#[cfg(feature = "tflite")]
+fn neural_detector(
+    kind: ModelKind,
+    manifest: &ModelManifest,
+    payload: &[u8],
+) -> Result<Box<dyn Detector>> {
+    use crate::nn::NnDetector;
+    use crate::nn::bundle::NnPayload;
+    let p = NnPayload::from_bytes(payload)?;
+    if p.arch.kind() != kind {
+        return Err(ModelError::Invalid(format!(
+            "manifest says {kind} but the payload holds a {}",
+            p.arch.kind()
+        )));
+    }
+    let scaler = manifest
+        .scaler
+        .clone()
+        .ok_or_else(|| ModelError::Invalid(format!("a {kind} manifest needs its scaler")))?;
+    let det = NnDetector::load(
+        p.arch,
+        scaler,
+        manifest.calibration,
+        manifest.threshold,
+        &p.tflite_batch1,
+        Some(&p.tflite_batch_n),
+    )?;
+    Ok(Box::new(det))
+}
+
+/// Without the `tflite` feature neural bundles cannot be run.
+#[cfg(not(feature = "tflite"))]
 fn neural_detector(kind: ModelKind, _: &ModelManifest, _: &[u8]) -> Result<Box<dyn Detector>> {
     Err(ModelError::Invalid(format!(
-        "model kind {kind} cannot be loaded from a bundle yet"
+        "model kind {kind} needs the tflite feature of sad-models"
     )))
 }
 
@@ -286,6 +320,33 @@ mod tests {
             .score_batch(&manifest.scaler.as_ref().unwrap().transform(&probe))
             .unwrap();
         assert_eq!(d.score_batch(&probe).unwrap(), direct);
+    }
+
+    #[cfg(feature = "tflite")]
+    #[test]
+    fn the_pretrained_neural_bundles_load_and_score() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pretrained");
+        for name in ["dense_ae_nab", "lstm_ae_nab"] {
+            let text = std::fs::read_to_string(dir.join(format!("{name}.manifest.json"))).unwrap();
+            let manifest: ModelManifest = serde_json::from_str(&text).unwrap();
+            let payload = std::fs::read(dir.join(format!("{name}.payload"))).unwrap();
+            let d = detector_from_parts(&manifest, &payload).unwrap();
+            assert_eq!(d.kind(), manifest.kind);
+            // A windowed model scores whole windows of `manifest.window` steps.
+            let rows = vec![0.5; d.n_features() * manifest.window.max(1) as usize];
+            let scores = d.score_batch(&rows).unwrap();
+            assert!(!scores.is_empty(), "{name}: no score");
+            assert!(
+                scores.iter().all(|s| (0.0..=1.0).contains(&s.score)),
+                "{name}: {scores:?}"
+            );
+            let mut bad = payload.clone();
+            bad.truncate(bad.len() / 2);
+            assert!(
+                detector_from_parts(&manifest, &bad).is_err(),
+                "{name}: truncated payload loaded"
+            );
+        }
     }
 
     #[test]
