@@ -12,6 +12,7 @@
 //! - [`metrics`]: Prometheus metrics on `PROMETHEUS_PORT`.
 //! - [`config`], [`app`]: settings and the wiring of `serve`.
 //! - [`evaluate`], [`demo`]: the evaluation commands and the README's first command.
+//! - `train_cmd` (feature `train`): training, fine-tuning and the pre-trained models.
 
 pub mod api;
 pub mod app;
@@ -26,3 +27,5 @@ pub mod kafka;
 pub mod metrics;
 pub mod quality;
 pub mod store;
+#[cfg(feature = "train")]
+pub mod train_cmd;

@@ -5,7 +5,7 @@
 //! - `demo`: replay bundled labelled NAB series through the detectors and
 //!   print alerts, explanations, precision and recall.
 //! - `eval tabular|nab|skab`: the evaluation harness behind `docs/QUALITY.md`.
-//! - `train` is not wired yet: `train_cmd.rs` needs `sad_models::nn::pretrained`, not committed.
+//! - `train`: train, fine-tune and export models (neural ones with the `train` feature).
 
 use std::path::PathBuf;
 
@@ -33,6 +33,9 @@ enum Command {
     /// Measure detection quality on labelled data (ROC-AUC, SKAB F1, NAB score).
     #[command(subcommand)]
     Eval(evaluate::EvalCommand),
+    /// Train, fine-tune and export models, or rebuild the pre-trained ones.
+    #[cfg(feature = "train")]
+    Train(sad_coordinator::train_cmd::TrainArgs),
 }
 
 /// Arguments of `serve`.
@@ -49,6 +52,17 @@ fn init_tracing(level: &str) {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
 }
 
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (systemd, docker stop).
+async fn wait_for_signal() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("install the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("wait for ctrl-c")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
 fn serve(args: &ServeArgs) -> Result<()> {
     let cfg = CoordinatorConfig::load(args.config.as_deref()).context("configuration")?;
     init_tracing(&cfg.env.log_level);
@@ -63,7 +77,7 @@ fn serve(args: &ServeArgs) -> Result<()> {
             "api http://{}/api/v1  metrics http://{}/metrics  mqtt {}",
             running.api_addr, running.metrics_addr, running.mqtt_url
         );
-        tokio::signal::ctrl_c().await.context("wait for ctrl-c")?;
+        wait_for_signal().await?;
         shutdown.cancel();
         running.wait().await;
         Ok(())
@@ -76,5 +90,7 @@ fn main() -> Result<()> {
         Command::Serve(args) => serve(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Eval(cmd) => evaluate::run(&cmd),
+        #[cfg(feature = "train")]
+        Command::Train(args) => sad_coordinator::train_cmd::run(&args),
     }
 }
