@@ -106,6 +106,10 @@ enum BenchOp {
         /// Events per pipeline batch.
         #[arg(long, default_value_t = 1024)]
         batch: usize,
+        /// Expected share of anomalies the forest is calibrated for (0 = scikit-learn's
+        /// `auto`); the generated data has 0.1 % outliers.
+        #[arg(long, default_value_t = 0.001)]
+        contamination: f64,
     },
 }
 
@@ -158,10 +162,11 @@ fn main() -> Result<()> {
                     features,
                     trees,
                     batch,
+                    contamination,
                 },
         } => {
             init_logging(&std::env::var("LOG_LEVEL").unwrap_or_else(|_| "warn".into()));
-            bench::replay(rows, features, trees, batch)
+            bench::replay(rows, features, trees, batch, contamination)
         }
     }
 }
@@ -267,13 +272,19 @@ mod bench {
         (0..4).map(|_| rng.r#gen::<f64>()).sum::<f64>() - 2.0
     }
 
-    pub fn replay(rows: usize, features: usize, trees: usize, batch: usize) -> Result<()> {
+    pub fn replay(
+        rows: usize,
+        features: usize,
+        trees: usize,
+        batch: usize,
+        contamination: f64,
+    ) -> Result<()> {
         if features == 0 || rows == 0 {
             bail!("rows and features must be positive");
         }
         let dir = std::env::temp_dir().join(format!("sad-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let result = run_bench(&dir, rows, features, trees, batch);
+        let result = run_bench(&dir, rows, features, trees, batch, contamination);
         let _ = std::fs::remove_dir_all(&dir);
         result
     }
@@ -284,6 +295,7 @@ mod bench {
         features: usize,
         trees: usize,
         batch: usize,
+        contamination: f64,
     ) -> Result<()> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let names: Vec<String> = (0..features).map(|i| format!("f{i}")).collect();
@@ -293,6 +305,11 @@ mod bench {
             .collect();
         let forest = IsolationForestParams {
             n_estimators: trees,
+            contamination: if contamination > 0.0 {
+                sad_models::iforest::Contamination::Fraction(contamination)
+            } else {
+                sad_models::iforest::Contamination::Auto
+            },
             ..Default::default()
         }
         .fit(&train, features)?;
