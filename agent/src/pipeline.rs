@@ -171,6 +171,14 @@ pub struct ScoringModel {
     pub detector: Arc<dyn Detector>,
 }
 
+impl ScoringModel {
+    /// Values the detector takes per scored row: the features of one event,
+    /// or of `window` consecutive events for a windowed model.
+    pub fn row_len(&self) -> usize {
+        self.detector.n_features() * self.window.max(1)
+    }
+}
+
 /// Where the pipeline reads the current models from (the model manager).
 pub trait ModelProvider: Send + Sync {
     /// The models in use now; read once per batch.
@@ -481,9 +489,9 @@ impl Pipeline {
                             row_buf.clear();
                             row_buf.extend(st.window.iter().copied());
                         }
-                        if row_buf.len() != m.detector.n_features() {
+                        if row_buf.len() != m.row_len() {
                             return Err(BadInput::Dimension {
-                                expected: m.detector.n_features(),
+                                expected: m.row_len(),
                                 got: row_buf.len(),
                             });
                         }
@@ -545,7 +553,7 @@ impl Pipeline {
                     self.reporter.report(
                         &m.name,
                         &BadInput::Dimension {
-                            expected: m.detector.n_features(),
+                            expected: m.row_len(),
                             got: 0,
                         },
                     );
@@ -591,7 +599,7 @@ impl Pipeline {
                         continue;
                     };
                     let m = &models[model];
-                    let w = m.detector.n_features();
+                    let w = m.row_len();
                     (
                         *s,
                         m.detector.threshold(),
@@ -947,6 +955,58 @@ mod tests {
         assert!(a.score > a.threshold);
         assert!(a.severity >= Severity::Info);
         assert_eq!(p.counters().events.load(Ordering::Relaxed), 51);
+    }
+
+    #[test]
+    fn a_windowed_lstm_model_scores_each_series_once_its_window_is_full() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/pretrained");
+        let text = std::fs::read_to_string(dir.join("lstm_ae_nab.manifest.json")).unwrap();
+        let manifest: sad_common::ModelManifest = serde_json::from_str(&text).unwrap();
+        let payload = std::fs::read(dir.join("lstm_ae_nab.payload")).unwrap();
+        let detector = sad_models::bundle::detector_from_parts(&manifest, &payload).unwrap();
+        let window = manifest.window as usize;
+        let model = ScoringModel {
+            name: manifest.name.clone(),
+            kind: manifest.kind,
+            version: manifest.version,
+            feature_names: Arc::new(manifest.feature_names.clone()),
+            window,
+            detector: Arc::from(detector),
+        };
+        let sink = Arc::new(MemSink::default());
+        let cfg = RulesConfig {
+            threshold: Some(0.0),
+            ..rules()
+        };
+        let mut p = Pipeline::new(
+            PipelineConfig::default(),
+            cfg,
+            0,
+            sink.clone(),
+            Arc::new(StaticModels(vec![model])),
+            BadInputReporter::detached(),
+        );
+        let i = info(None, &["value"]);
+        // two interleaved series of 60 readings each
+        let batch: Vec<Envelope> = (0..120)
+            .map(|k| {
+                let series = if k % 2 == 0 { "a" } else { "b" };
+                env(&i, series, k, vec![80.0 + (k as f64 * 0.3).sin()])
+            })
+            .collect();
+        let out = p.process_batch(batch).unwrap();
+        // each series is scored from its window-th reading on
+        assert_eq!(out.scored, 2 * (60 - (window - 1)));
+        let alerts = sink.0.lock().unwrap().clone();
+        assert!(
+            !alerts.is_empty(),
+            "threshold 0 alerts on the first scored window"
+        );
+        for a in &alerts {
+            assert_eq!(a.model_kind, ModelKind::Lstm);
+            assert!((0.0..=1.0).contains(&a.score), "{a:?}");
+            assert!(!a.explanation.is_empty(), "{a:?}");
+        }
     }
 
     #[test]
