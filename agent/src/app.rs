@@ -128,6 +128,7 @@ pub async fn start(
     let reservoir = Arc::new(Mutex::new(Reservoir::new(1000, rand::random())));
     let scores = Arc::new(Mutex::new(ScoreStats::default()));
     let episode_base = (crate::sources::now_ms().max(0) as u64).saturating_mul(1000);
+    let rules_updates = crate::rules::RulesUpdates::default();
     let pipeline = Pipeline::new(
         config.pipeline.clone(),
         config.rules.clone(),
@@ -136,6 +137,7 @@ pub async fn start(
         Arc::new(ManagedModels::new(models.clone())),
         reporter.clone(),
     )
+    .with_rules_updates(rules_updates.clone())
     .with_metrics(metrics.clone())
     .with_counters(counters.clone())
     .with_observer(Box::new(HeartbeatObserver {
@@ -245,6 +247,7 @@ pub async fn start(
         reservoir,
         scores,
         agent_id: agent_id.clone(),
+        rules: rules_updates,
     };
     let uplink_task = tokio::spawn(run_uplink(uplink_cfg, shared, uplink_stop.clone()));
 

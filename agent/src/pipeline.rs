@@ -40,7 +40,7 @@ use thiserror::Error;
 use crate::heartbeat::{Counters, Reservoir, ScoreStats};
 use crate::metrics::AgentMetrics;
 use crate::model_manager::{ModelManager, ModelSet};
-use crate::rules::{RulesConfig, RulesEngine};
+use crate::rules::{RulesConfig, RulesEngine, RulesUpdates};
 use crate::sources::{BadInput, BadInputReporter, Committer, Envelope, EventReceiver};
 
 /// Errors of the pipeline.
@@ -337,6 +337,7 @@ pub struct Pipeline {
     observer: Option<Box<dyn BatchObserver>>,
     series: HashMap<String, SeriesState>,
     accuracy: HashMap<String, (u64, u64)>,
+    rules_updates: Option<(RulesUpdates, u64)>,
 }
 
 impl Pipeline {
@@ -360,7 +361,14 @@ impl Pipeline {
             observer: None,
             series: HashMap::new(),
             accuracy: HashMap::new(),
+            rules_updates: None,
         }
+    }
+
+    /// Applies per-model rule settings pushed by the coordinator, from the next batch on.
+    pub fn with_rules_updates(mut self, updates: RulesUpdates) -> Self {
+        self.rules_updates = Some((updates, u64::MAX));
+        self
     }
 
     /// Updates these Prometheus metrics.
@@ -431,6 +439,13 @@ impl Pipeline {
     /// Scores one batch, raises its alerts in one outbox append and commits source positions.
     pub fn process_batch(&mut self, batch: Vec<Envelope>) -> Result<BatchOutcome, PipelineError> {
         let started = Instant::now();
+        if let Some((updates, seen)) = &mut self.rules_updates
+            && updates.version() != *seen
+        {
+            let (version, map) = updates.snapshot();
+            *seen = version;
+            self.rules.set_overrides(map);
+        }
         let models = self.models.snapshot();
         let by_name: HashMap<&str, usize> = models
             .iter()
@@ -640,9 +655,9 @@ impl Pipeline {
                     e.0 += 1;
                 }
             }
-            let Some(em) = self
-                .rules
-                .observe(&ev.series, ev.ts_ms, score.score, threshold)
+            let Some(em) =
+                self.rules
+                    .observe_model(name, &ev.series, ev.ts_ms, score.score, threshold)
             else {
                 continue;
             };

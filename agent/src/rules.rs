@@ -209,8 +209,40 @@ pub enum Phase {
 #[derive(Debug, Clone)]
 pub struct RulesEngine {
     cfg: RulesConfig,
+    /// Per-model settings pushed by the coordinator; they replace `cfg` for that model.
+    overrides: HashMap<String, RulesConfig>,
     next_episode: u64,
     series: HashMap<String, Phase>,
+}
+
+/// Per-model rule settings pushed by the coordinator (retained JSON on
+/// `{prefix}/config/{fleet}/{model}`), shared between the uplink that
+/// receives them and the pipeline that applies them at its next batch.
+#[derive(Debug, Clone, Default)]
+pub struct RulesUpdates {
+    inner: std::sync::Arc<std::sync::Mutex<(u64, HashMap<String, RulesConfig>)>>,
+}
+
+impl RulesUpdates {
+    /// Sets (or with `None` clears) the settings of `model`.
+    pub fn set(&self, model: &str, cfg: Option<RulesConfig>) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match cfg {
+            Some(c) => g.1.insert(model.to_string(), c),
+            None => g.1.remove(model),
+        };
+        g.0 += 1;
+    }
+
+    /// Bumped on every change.
+    pub fn version(&self) -> u64 {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
+
+    /// The version and a copy of every model's settings.
+    pub fn snapshot(&self) -> (u64, HashMap<String, RulesConfig>) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 impl RulesEngine {
@@ -218,8 +250,42 @@ impl RulesEngine {
     pub fn new(cfg: RulesConfig, episode_base: u64) -> Self {
         Self {
             cfg,
+            overrides: HashMap::new(),
             next_episode: episode_base,
             series: HashMap::new(),
+        }
+    }
+
+    /// Replaces the per-model settings (from [`RulesUpdates::snapshot`]).
+    pub fn set_overrides(&mut self, overrides: HashMap<String, RulesConfig>) {
+        self.overrides = overrides;
+    }
+
+    /// The settings that apply to `model`.
+    pub fn config_for(&self, model: &str) -> &RulesConfig {
+        self.overrides.get(model).unwrap_or(&self.cfg)
+    }
+
+    /// [`RulesEngine::observe`] with `model`'s settings when the coordinator
+    /// pushed some; the series' episode state is kept across a change.
+    pub fn observe_model(
+        &mut self,
+        model: &str,
+        series: &str,
+        ts_ms: i64,
+        score: f64,
+        model_threshold: f64,
+    ) -> Option<Emission> {
+        match self.overrides.get_mut(model) {
+            Some(o) => {
+                std::mem::swap(&mut self.cfg, o);
+                let r = self.observe(series, ts_ms, score, model_threshold);
+                if let Some(o) = self.overrides.get_mut(model) {
+                    std::mem::swap(&mut self.cfg, o);
+                }
+                r
+            }
+            None => self.observe(series, ts_ms, score, model_threshold),
         }
     }
 
@@ -365,6 +431,45 @@ fn is_above(score: f64, bound: f64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_pushed_for_a_model_apply_to_that_model_only() {
+        let mut e = RulesEngine::new(
+            RulesConfig {
+                cooldown_ms: 0,
+                ..RulesConfig::default()
+            },
+            0,
+        );
+        let strict = RulesConfig {
+            threshold: Some(0.95),
+            cooldown_ms: 0,
+            ..RulesConfig::default()
+        };
+        e.set_overrides([("strict".to_string(), strict)].into_iter().collect());
+        assert!(
+            e.observe_model("strict", "s1", 1, 0.9, 0.5).is_none(),
+            "0.9 is below the pushed 0.95"
+        );
+        assert!(
+            e.observe_model("other", "s2", 1, 0.9, 0.5).is_some(),
+            "other models keep the local rules"
+        );
+        assert_eq!(e.config_for("strict").threshold, Some(0.95));
+        assert_eq!(e.config_for("other").threshold, None);
+        // the engine's own settings are intact after an override was used
+        assert_eq!(e.config().threshold, None);
+    }
+
+    #[test]
+    fn rules_updates_version_every_change() {
+        let u = RulesUpdates::default();
+        assert_eq!(u.version(), 0);
+        u.set("m", Some(RulesConfig::default()));
+        u.set("m", None);
+        let (v, map) = u.snapshot();
+        assert_eq!((v, map.len()), (2, 0));
+    }
     use proptest::prelude::*;
 
     fn cfg(min_duration: u32, cooldown_ms: u64) -> RulesConfig {

@@ -144,6 +144,8 @@ pub struct UplinkShared {
     pub scores: Arc<Mutex<ScoreStats>>,
     /// This agent's id (MQTT client id and topic level).
     pub agent_id: String,
+    /// Rule settings pushed by the coordinator, applied by the pipeline.
+    pub rules: crate::rules::RulesUpdates,
 }
 
 /// Why the uplink could not start or had to stop.
@@ -250,6 +252,8 @@ struct TopicSet {
     samples: String,
     fleet_filter: String,
     group_filter: Option<String>,
+    /// `{prefix}/config/{fleet}/` (+ model): rule settings from the coordinator.
+    config_prefix: String,
 }
 
 fn topic_set(cfg: &UplinkConfig, agent_id: &str) -> Result<TopicSet, UplinkError> {
@@ -261,6 +265,11 @@ fn topic_set(cfg: &UplinkConfig, agent_id: &str) -> Result<TopicSet, UplinkError
         status: topics.status(agent_id).map_err(c)?,
         samples: topics.samples(agent_id).map_err(c)?,
         fleet_filter: topics.model_filter(&cfg.fleet).map_err(c)?,
+        config_prefix: format!(
+            "{}/config/{}/",
+            cfg.topic_prefix.trim_end_matches('/'),
+            cfg.fleet
+        ),
         group_filter: cfg
             .group
             .as_deref()
@@ -582,7 +591,11 @@ pub async fn run_uplink(
                     tracing::info!(url = %cfg.url, "uplink connected");
                     connected = true;
                     tracker.on_connected();
-                    let mut subs = vec![topics.acks.clone(), topics.fleet_filter.clone()];
+                    let mut subs = vec![
+                        topics.acks.clone(),
+                        topics.fleet_filter.clone(),
+                        format!("{}+", topics.config_prefix),
+                    ];
                     subs.extend(topics.group_filter.clone());
                     for t in subs {
                         if let Err(e) = client.subscribe(t, QoS::AtLeastOnce).await {
@@ -607,6 +620,8 @@ pub async fn run_uplink(
                             result = Err(e);
                             break 'main;
                         }
+                    } else if let Some(model) = topic.strip_prefix(&topics.config_prefix) {
+                        handle_rules(model, &payload, &shared);
                     } else {
                         handle_model(&topic, payload, &cfg, &topics, &client, &shared, &mut group_models).await;
                     }
@@ -692,6 +707,27 @@ async fn handle_ack(
     }
     tracing::debug!(up_to, removed, "coordinator acked alerts");
     Ok(())
+}
+
+/// Applies rule settings the coordinator published for `model` (JSON of
+/// [`crate::rules::RulesConfig`]; an empty payload clears them). Invalid
+/// settings are logged and ignored: the agent keeps its current rules.
+fn handle_rules(model: &str, payload: &[u8], shared: &UplinkShared) {
+    if payload.is_empty() {
+        tracing::info!(%model, "coordinator cleared the rule settings");
+        shared.rules.set(model, None);
+        return;
+    }
+    let parsed = serde_json::from_slice::<crate::rules::RulesConfig>(payload)
+        .map_err(|e| e.to_string())
+        .and_then(|c| c.validate().map(|()| c).map_err(|e| e.to_string()));
+    match parsed {
+        Ok(c) => {
+            tracing::info!(%model, "applying rule settings from the coordinator");
+            shared.rules.set(model, Some(c));
+        }
+        Err(e) => tracing::warn!(%model, error = %e, "ignoring invalid rule settings"),
+    }
 }
 
 async fn handle_model(

@@ -1,6 +1,7 @@
 //! `serve` end to end on its embedded defaults: an agent's uplink delivers
 //! alerts through the embedded broker into the store, gets its acks, and
-//! shows up in the fleet view.
+//! shows up in the fleet view; rule settings changed over the REST API reach
+//! a running agent.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -87,6 +88,7 @@ async fn serve_on_embedded_defaults_stores_and_acks_an_agents_alerts() {
         reservoir: Arc::new(Mutex::new(Reservoir::new(10, 1))),
         scores: Arc::new(Mutex::new(ScoreStats::default())),
         agent_id: "edge-1".into(),
+        rules: Default::default(),
     };
     let uplink_cfg = UplinkConfig {
         url: running.mqtt_url.clone(),
@@ -111,6 +113,109 @@ async fn serve_on_embedded_defaults_stores_and_acks_an_agents_alerts() {
         fleet.agents().iter().any(|a| a.agent_id == "edge-1")
     })
     .await;
+
+    agent_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), uplink).await;
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), running.wait())
+        .await
+        .unwrap();
+}
+
+/// A minimal HTTP/1.1 request on loopback; returns the status code and body.
+async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_changed_over_the_api_reach_a_running_agent_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = CoordinatorConfig {
+        api_listen: "127.0.0.1:0".parse().unwrap(),
+        prometheus_listen: "127.0.0.1:0".parse().unwrap(),
+        broker_listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().join("coordinator"),
+        ..CoordinatorConfig::default()
+    };
+    cfg.env.model_path = dir.path().join("models");
+    cfg.env.mqtt_url = None;
+    cfg.env.kafka_brokers = None;
+    let stop = CancellationToken::new();
+    let running = serve(cfg, stop.clone()).await.unwrap();
+
+    let metrics = AgentMetrics::new().unwrap();
+    let outbox = Outbox::open(
+        &OutboxConfig {
+            path: dir.path().join("agent/outbox"),
+            ..OutboxConfig::default()
+        },
+        "edge-2",
+        Some(metrics.clone()),
+    )
+    .unwrap();
+    let rules = sad_agent::rules::RulesUpdates::default();
+    let shared = UplinkShared {
+        outbox,
+        models: ModelManager::open(&dir.path().join("agent/models"), None, None).unwrap(),
+        metrics,
+        counters: Counters::default(),
+        reservoir: Arc::new(Mutex::new(Reservoir::new(10, 1))),
+        scores: Arc::new(Mutex::new(ScoreStats::default())),
+        agent_id: "edge-2".into(),
+        rules: rules.clone(),
+    };
+    let uplink_cfg = UplinkConfig {
+        url: running.mqtt_url.clone(),
+        ..UplinkConfig::default()
+    };
+    let agent_stop = CancellationToken::new();
+    let uplink = tokio::spawn(run_uplink(uplink_cfg, shared, agent_stop.clone()));
+
+    let (status, body) = http(
+        running.api_addr,
+        "PUT",
+        "/api/v1/models/pump_forest/rules",
+        r#"{"threshold": 0.9, "hysteresis": 0.1, "cooldown_ms": 60000}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    wait_for(
+        "the agent to receive the rules",
+        Duration::from_secs(30),
+        || rules.snapshot().1.contains_key("pump_forest"),
+    )
+    .await;
+    let got = rules.snapshot().1["pump_forest"].clone();
+    assert_eq!(
+        (got.threshold, got.hysteresis, got.cooldown_ms),
+        (Some(0.9), 0.1, 60_000)
+    );
+
+    // invalid settings are refused by the API and never reach the agent
+    let (status, _) = http(
+        running.api_addr,
+        "PUT",
+        "/api/v1/models/pump_forest/rules",
+        r#"{"threshold": 7}"#,
+    )
+    .await;
+    assert_eq!(status, 422, "out-of-range threshold is refused");
+    assert_eq!(rules.snapshot().1["pump_forest"].threshold, Some(0.9));
 
     agent_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), uplink).await;

@@ -388,6 +388,7 @@ impl AgentParts {
                 reservoir: Arc::new(Mutex::new(Reservoir::new(100, 1))),
                 scores: Arc::new(Mutex::new(ScoreStats::default())),
                 agent_id: agent_id.into(),
+                rules: Default::default(),
             },
         }
     }
