@@ -33,7 +33,7 @@ use crate::broker::start_embedded_broker;
 use crate::central::{CentralPipeline, run_central_detection};
 use crate::config::CoordinatorConfig;
 use crate::fleet::Fleet;
-use crate::intake::{IntakeConfig, run_intake};
+use crate::intake::{IntakeConfig, run_intake_with_quality};
 use crate::kafka::{AlertSink, KafkaConfig, ensure_topics};
 use crate::metrics::CoordinatorMetrics;
 use crate::quality::Quality;
@@ -299,8 +299,11 @@ pub async fn serve(
             metrics.clone(),
             shutdown.clone(),
         );
+        let q = quality.clone();
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = run_intake(intake_cfg, store, sink, fleet, m, stop).await {
+            if let Err(e) =
+                run_intake_with_quality(intake_cfg, store, sink, fleet, m, Some(q), stop).await
+            {
                 tracing::error!(error = %e, "alert intake stopped");
             }
         }));

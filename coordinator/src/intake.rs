@@ -173,6 +173,7 @@ struct Ctx {
     client: AsyncClient,
     ledger: AckLedger,
     shutdown: CancellationToken,
+    quality: Option<Arc<crate::quality::Quality>>,
 }
 
 impl Ctx {
@@ -239,9 +240,23 @@ impl Ctx {
 
         // 2. store, fsynced, on the blocking pool.
         let mut retry = Retry::new();
-        let outcome = loop {
+        let judge = self.quality.is_some();
+        let (outcome, newly_labelled) = loop {
             let (store, a) = (self.store.clone(), alerts.clone());
-            match tokio::task::spawn_blocking(move || store.insert_batch(&a)).await {
+            let job = move || {
+                // Labelled alerts not stored before: their labels judge the model once.
+                let fresh: Vec<(String, bool)> = if judge {
+                    a.iter()
+                        .filter_map(|x| x.label.map(|l| (x, l)))
+                        .filter(|(x, _)| !store.contains(&x.alert_id()).unwrap_or(true))
+                        .map(|(x, l)| (x.model.clone(), l))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                store.insert_batch(&a).map(|o| (o, fresh))
+            };
+            match tokio::task::spawn_blocking(job).await {
                 Ok(Ok(o)) => break o,
                 Ok(Err(e)) => tracing::error!(error = %e, agent_id, "cannot store alerts"),
                 Err(e) => tracing::error!(error = %e, agent_id, "store worker failed"),
@@ -254,6 +269,11 @@ impl Ctx {
             .alerts_duplicate
             .inc_by(outcome.duplicates as u64);
         self.metrics.stored_alerts.set(self.store.len() as f64);
+        if let Some(q) = &self.quality {
+            for (model, label) in &newly_labelled {
+                q.record_alert(model, Some(*label));
+            }
+        }
 
         // 3. Kafka (or nothing), every delivery report.
         let mut retry = Retry::new();
@@ -350,6 +370,21 @@ pub async fn run_intake(
     metrics: CoordinatorMetrics,
     shutdown: CancellationToken,
 ) -> Result<(), IntakeError> {
+    run_intake_with_quality(cfg, store, sink, fleet, metrics, None, shutdown).await
+}
+
+/// [`run_intake`] that also judges every newly stored alert that carries a
+/// label (a replayed benchmark's ground truth) in `quality`, for real-time
+/// precision per model.
+pub async fn run_intake_with_quality(
+    cfg: IntakeConfig,
+    store: AlertStore,
+    sink: Arc<AlertSink>,
+    fleet: Fleet,
+    metrics: CoordinatorMetrics,
+    quality: Option<Arc<crate::quality::Quality>>,
+    shutdown: CancellationToken,
+) -> Result<(), IntakeError> {
     let topics = Topics::new(&cfg.topic_prefix)?;
     let filters = match &cfg.share_group {
         // One share group per filter: rumqttd 0.20 keeps one cursor per group
@@ -419,6 +454,7 @@ pub async fn run_intake(
         client: client.clone(),
         ledger: AckLedger::default(),
         shutdown: shutdown.clone(),
+        quality,
     };
     loop {
         let p = tokio::select! {

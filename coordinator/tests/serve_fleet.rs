@@ -1,5 +1,6 @@
 //! `serve` end to end on its embedded defaults: an agent's uplink delivers
-//! alerts through the embedded broker into the store, gets its acks, and
+//! alerts through the embedded broker into the store, gets its acks, the
+//! alerts' labels feed real-time precision, and the agent
 //! shows up in the fleet view; rule settings changed over the REST API reach
 //! a running agent.
 
@@ -39,7 +40,8 @@ fn alert(i: usize) -> Alert {
             weight: 1.0,
         }],
         values: vec![1.0, 2.0],
-        label: None,
+        // a replayed benchmark: every other alert is a real anomaly
+        label: Some(i.is_multiple_of(2)),
     }
 }
 
@@ -108,6 +110,10 @@ async fn serve_on_embedded_defaults_stores_and_acks_an_agents_alerts() {
         let stored = running.store.get(&format!("edge-1:{seq}")).unwrap();
         assert!(stored.is_some(), "edge-1:{seq} missing from the store");
     }
+    // the labels judged each alert once: real-time precision 0.5
+    let counts = running.state.quality.get("iforest").expect("judged alerts");
+    assert_eq!((counts.true_positives, counts.false_positives), (20, 20));
+    assert_eq!(counts.precision(), Some(0.5));
     let fleet = running.fleet.clone();
     wait_for("the agent's heartbeat", Duration::from_secs(30), || {
         fleet.agents().iter().any(|a| a.agent_id == "edge-1")
