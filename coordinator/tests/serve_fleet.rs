@@ -53,45 +53,58 @@ async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_on_embedded_defaults_stores_and_acks_an_agents_alerts() {
-    let dir = tempfile::tempdir().unwrap();
+/// `serve` on embedded defaults with every listener on a free loopback port.
+async fn start_coordinator(
+    dir: &std::path::Path,
+) -> (sad_coordinator::app::RunningCoordinator, CancellationToken) {
     let mut cfg = CoordinatorConfig {
         api_listen: "127.0.0.1:0".parse().unwrap(),
         prometheus_listen: "127.0.0.1:0".parse().unwrap(),
         broker_listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().join("coordinator"),
+        data_dir: dir.join("coordinator"),
         ..CoordinatorConfig::default()
     };
-    cfg.env.model_path = dir.path().join("models");
+    cfg.env.model_path = dir.join("models");
     cfg.env.mqtt_url = None;
     cfg.env.kafka_brokers = None;
     let stop = CancellationToken::new();
-    let running = serve(cfg, stop.clone()).await.unwrap();
+    (serve(cfg, stop.clone()).await.unwrap(), stop)
+}
 
+/// What an agent's uplink needs, with its outbox and models under `dir/agent-{id}`.
+fn agent_parts(dir: &std::path::Path, agent_id: &str) -> UplinkShared {
     let metrics = AgentMetrics::new().unwrap();
+    let base = dir.join(format!("agent-{agent_id}"));
     let outbox = Outbox::open(
         &OutboxConfig {
-            path: dir.path().join("agent/outbox"),
+            path: base.join("outbox"),
             ..OutboxConfig::default()
         },
-        "edge-1",
+        agent_id,
         Some(metrics.clone()),
     )
     .unwrap();
-    let models = ModelManager::open(&dir.path().join("agent/models"), None, None).unwrap();
-    let seqs = outbox.append((0..40).map(alert).collect()).unwrap();
-    assert_eq!(seqs, (1..=40).collect::<Vec<u64>>());
-    let shared = UplinkShared {
-        outbox: outbox.clone(),
-        models,
+    UplinkShared {
+        outbox,
+        models: ModelManager::open(&base.join("models"), None, None).unwrap(),
         metrics,
         counters: Counters::default(),
         reservoir: Arc::new(Mutex::new(Reservoir::new(10, 1))),
         scores: Arc::new(Mutex::new(ScoreStats::default())),
-        agent_id: "edge-1".into(),
+        agent_id: agent_id.into(),
         rules: Default::default(),
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_embedded_defaults_stores_and_acks_an_agents_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, stop) = start_coordinator(dir.path()).await;
+
+    let shared = agent_parts(dir.path(), "edge-1");
+    let outbox = shared.outbox.clone();
+    let seqs = outbox.append((0..40).map(alert).collect()).unwrap();
+    assert_eq!(seqs, (1..=40).collect::<Vec<u64>>());
     let uplink_cfg = UplinkConfig {
         url: running.mqtt_url.clone(),
         resend_after: Duration::from_secs(2),
@@ -151,40 +164,10 @@ async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_changed_over_the_api_reach_a_running_agent_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = CoordinatorConfig {
-        api_listen: "127.0.0.1:0".parse().unwrap(),
-        prometheus_listen: "127.0.0.1:0".parse().unwrap(),
-        broker_listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().join("coordinator"),
-        ..CoordinatorConfig::default()
-    };
-    cfg.env.model_path = dir.path().join("models");
-    cfg.env.mqtt_url = None;
-    cfg.env.kafka_brokers = None;
-    let stop = CancellationToken::new();
-    let running = serve(cfg, stop.clone()).await.unwrap();
+    let (running, stop) = start_coordinator(dir.path()).await;
 
-    let metrics = AgentMetrics::new().unwrap();
-    let outbox = Outbox::open(
-        &OutboxConfig {
-            path: dir.path().join("agent/outbox"),
-            ..OutboxConfig::default()
-        },
-        "edge-2",
-        Some(metrics.clone()),
-    )
-    .unwrap();
-    let rules = sad_agent::rules::RulesUpdates::default();
-    let shared = UplinkShared {
-        outbox,
-        models: ModelManager::open(&dir.path().join("agent/models"), None, None).unwrap(),
-        metrics,
-        counters: Counters::default(),
-        reservoir: Arc::new(Mutex::new(Reservoir::new(10, 1))),
-        scores: Arc::new(Mutex::new(ScoreStats::default())),
-        agent_id: "edge-2".into(),
-        rules: rules.clone(),
-    };
+    let shared = agent_parts(dir.path(), "edge-2");
+    let rules = shared.rules.clone();
     let uplink_cfg = UplinkConfig {
         url: running.mqtt_url.clone(),
         ..UplinkConfig::default()
