@@ -298,25 +298,14 @@ impl<'de> Deserialize<'de> for EwmaZScore {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use rand::{Rng, SeedableRng};
-    use rand_chacha::ChaCha8Rng;
 
     /// `n` rows of `n_features` noisy sines with different phases.
     fn noisy_sines(n: usize, n_features: usize, seed: u64) -> Vec<Vec<f64>> {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        (0..n)
-            .map(|i| {
-                (0..n_features)
-                    .map(|f| (i as f64 * 0.2 + f as f64).sin() + rng.gen_range(-0.2..0.2))
-                    .collect()
-            })
-            .collect()
+        super::super::test_support::noisy_sines(n, n_features, 0.2, seed)
     }
 
     fn run(det: &mut EwmaZScore, rows: &[Vec<f64>]) -> Vec<Score> {
-        rows.iter()
-            .map(|r| det.update_and_score(r).unwrap())
-            .collect()
+        super::super::test_support::run(det, rows)
     }
 
     #[test]

@@ -93,3 +93,31 @@ fn sanitize_threshold(t: f64, current: f64) -> f64 {
         current
     }
 }
+
+/// Fixtures shared by the streaming detectors' tests.
+#[cfg(test)]
+mod test_support {
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use crate::detector::{Detector, Score};
+
+    /// `n` rows of `n_features` noisy sines (phase step `step`, one phase per feature).
+    pub fn noisy_sines(n: usize, n_features: usize, step: f64, seed: u64) -> Vec<Vec<f64>> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..n)
+            .map(|i| {
+                (0..n_features)
+                    .map(|f| (i as f64 * step + f as f64).sin() + rng.gen_range(-0.2..0.2))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Scores every row prequentially.
+    pub fn run(det: &mut dyn Detector, rows: &[Vec<f64>]) -> Vec<Score> {
+        rows.iter()
+            .map(|r| det.update_and_score(r).unwrap())
+            .collect()
+    }
+}
