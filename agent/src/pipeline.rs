@@ -338,7 +338,12 @@ pub struct Pipeline {
     series: HashMap<String, SeriesState>,
     accuracy: HashMap<String, (u64, u64)>,
     rules_updates: Option<(RulesUpdates, u64)>,
+    label_hook: Option<LabelHook>,
 }
+
+/// Called for every scored event that carries a label: model name, whether
+/// the event is a labelled anomaly, whether the model flagged it.
+pub type LabelHook = Box<dyn FnMut(&str, bool, bool) + Send>;
 
 impl Pipeline {
     /// A pipeline writing alerts to `sink`, scoring with `models`.
@@ -362,7 +367,14 @@ impl Pipeline {
             series: HashMap::new(),
             accuracy: HashMap::new(),
             rules_updates: None,
+            label_hook: None,
         }
+    }
+
+    /// Reports every labelled event's outcome (for precision and recall where labels exist).
+    pub fn with_label_hook(mut self, hook: LabelHook) -> Self {
+        self.label_hook = Some(hook);
+        self
     }
 
     /// Applies per-model rule settings pushed by the coordinator, from the next batch on.
@@ -649,10 +661,14 @@ impl Pipeline {
             last_conf.insert(kind, score.score);
             let enter = self.rules.config().enter_threshold(threshold);
             if let Some(label) = ev.label {
+                let flagged = score.score > enter;
                 let e = self.accuracy.entry(name.to_string()).or_default();
                 e.1 += 1;
-                if (score.score > enter) == label {
+                if flagged == label {
                     e.0 += 1;
+                }
+                if let Some(hook) = self.label_hook.as_mut() {
+                    hook(name, label, flagged);
                 }
             }
             let Some(em) =
@@ -1022,6 +1038,44 @@ mod tests {
             assert!((0.0..=1.0).contains(&a.score), "{a:?}");
             assert!(!a.explanation.is_empty(), "{a:?}");
         }
+    }
+
+    #[test]
+    fn labelled_events_report_their_outcome_to_the_label_hook() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let mut p = Pipeline::new(
+            PipelineConfig::default(),
+            RulesConfig {
+                threshold: Some(0.7),
+                ..rules()
+            },
+            0,
+            Arc::new(MemSink::default()),
+            Arc::new(StaticModels(vec![forest()])),
+            BadInputReporter::detached(),
+        )
+        .with_label_hook(Box::new(move |m, anomalous, flagged| {
+            s2.lock().unwrap().push((m.to_string(), anomalous, flagged))
+        }));
+        let i = info(None, &["x", "y"]);
+        let mut batch: Vec<Envelope> = (0..20)
+            .map(|k| {
+                let mut e = env(&i, "m1", k, vec![0.5, 0.5]);
+                e.event.label = Some(false);
+                e
+            })
+            .collect();
+        let mut spike = env(&i, "m1", 100, vec![0.5, 40.0]);
+        spike.event.label = Some(true);
+        batch.push(spike);
+        batch.push(env(&i, "m1", 101, vec![0.5, 0.5])); // unlabelled: not reported
+        p.process_batch(batch).unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 21);
+        assert!(seen.iter().all(|(m, _, _)| m == "iforest"));
+        assert_eq!(seen.last().unwrap(), &("iforest".to_string(), true, true));
+        assert!(seen[..20].iter().all(|(_, a, f)| !a && !f), "{seen:?}");
     }
 
     #[test]

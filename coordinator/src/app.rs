@@ -309,6 +309,7 @@ pub async fn serve(
         }));
     }
     if let Some(k) = kafka_cfg {
+        let central = CentralPipeline::streaming().with_quality(quality.clone());
         let (store, sink, m, stop) = (
             store.clone(),
             sink.clone(),
@@ -316,9 +317,7 @@ pub async fn serve(
             shutdown.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            if let Err(e) =
-                run_central_detection(&k, CentralPipeline::streaming(), store, sink, m, stop).await
-            {
+            if let Err(e) = run_central_detection(&k, central, store, sink, m, stop).await {
                 tracing::error!(error = %e, "central detection stopped");
             }
         }));

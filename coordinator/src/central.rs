@@ -77,6 +77,8 @@ pub struct CentralPipeline {
     pub models: Arc<dyn ModelProvider>,
     /// Model that scores the events; `None` = the only model, else a streaming detector.
     pub model: Option<String>,
+    /// Where labelled input events count toward recall and precision.
+    pub quality: Option<Arc<crate::quality::Quality>>,
 }
 
 impl CentralPipeline {
@@ -87,7 +89,14 @@ impl CentralPipeline {
             rules: RulesConfig::default(),
             models: Arc::new(StaticModels(Vec::new())),
             model: None,
+            quality: None,
         }
+    }
+
+    /// Counts labelled input events in `quality`.
+    pub fn with_quality(mut self, quality: Arc<crate::quality::Quality>) -> Self {
+        self.quality = Some(quality);
+        self
     }
 }
 
@@ -271,15 +280,21 @@ pub async fn run_central_detection(
             |m| m.kind,
         )
         .as_str();
+    let mut core = Pipeline::new(
+        pipeline.pipeline,
+        pipeline.rules,
+        0,
+        position_sink.clone(),
+        pipeline.models,
+        BadInputReporter::detached(),
+    );
+    if let Some(q) = pipeline.quality {
+        core = core.with_label_hook(Box::new(move |model, anomalous, flagged| {
+            q.record_labelled_event(model, anomalous, flagged)
+        }));
+    }
     let mut scorer = Some(Scorer {
-        pipeline: Pipeline::new(
-            pipeline.pipeline,
-            pipeline.rules,
-            0,
-            position_sink.clone(),
-            pipeline.models,
-            BadInputReporter::detached(),
-        ),
+        pipeline: core,
         sink: position_sink,
         sources: HashMap::new(),
         model: pipeline.model,
