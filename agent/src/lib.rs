@@ -18,4 +18,5 @@ pub mod outbox;
 pub mod pipeline;
 pub mod rules;
 pub mod sources;
+pub mod storage;
 pub mod uplink;

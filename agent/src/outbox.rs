@@ -274,12 +274,13 @@ impl Outbox {
             path: path.clone(),
             source,
         };
-        let db = sled::Config::new()
-            .path(&cfg.path)
-            .cache_capacity(CACHE_BYTES)
-            .flush_every_ms(Some(1000))
-            .open()
-            .map_err(storage)?;
+        let db = crate::storage::open_db(
+            &sled::Config::new()
+                .path(&cfg.path)
+                .cache_capacity(CACHE_BYTES)
+                .flush_every_ms(Some(1000)),
+        )
+        .map_err(storage)?;
         let alerts = db.open_tree("alerts").map_err(storage)?;
         let meta = db.open_tree("meta").map_err(storage)?;
         let meta_u64 = |k: &[u8]| -> Result<u64, OutboxError> {

@@ -220,11 +220,10 @@ impl AlertStore {
             path: cfg.path.clone(),
             source,
         };
-        let db = sled::Config::new()
-            .path(&cfg.path)
-            .cache_capacity(64 << 20)
-            .open()
-            .map_err(storage)?;
+        let db = sad_agent::storage::open_db(
+            &sled::Config::new().path(&cfg.path).cache_capacity(64 << 20),
+        )
+        .map_err(storage)?;
         let tree = db.open_tree("alerts").map_err(storage)?;
         let count = tree.scan_prefix(ALERT).count() as u64;
         let bytes = match tree.get(META_BYTES).map_err(storage)? {
