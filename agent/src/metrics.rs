@@ -48,14 +48,7 @@ impl AgentMetrics {
     /// Creates and registers every metric in a fresh registry.
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let help = |name: &str| {
-            m::ALL
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, h)| *h)
-                .unwrap_or(name)
-                .to_string()
-        };
+        let help = |name: &str| m::help(name).to_string();
         let counter_vec =
             |name: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
                 let c = IntCounterVec::new(Opts::new(name, help(name)), labels)?;

@@ -117,9 +117,25 @@ pub const ALL: &[(&str, &str)] = &[
     (RETRAINS_TOTAL, "Retraining runs"),
 ];
 
+/// The help text of a metric in [`ALL`], or its name when it is not listed.
+pub fn help(name: &str) -> &str {
+    ALL.iter()
+        .find(|(n, _)| *n == name)
+        .map_or(name, |(_, h)| *h)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn help_text_comes_from_the_table_and_falls_back_to_the_name() {
+        assert_eq!(help(EVENTS_PROCESSED_TOTAL), ALL[0].1);
+        assert_eq!(
+            help("anomaly_detector_unlisted"),
+            "anomaly_detector_unlisted"
+        );
+    }
     use std::collections::HashSet;
 
     #[test]

@@ -53,14 +53,7 @@ impl CoordinatorMetrics {
     /// Creates and registers every metric in a fresh registry.
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let help = |name: &str| {
-            m::ALL
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, h)| *h)
-                .unwrap_or(name)
-                .to_string()
-        };
+        let help = |name: &str| m::help(name).to_string();
         macro_rules! reg {
             ($e:expr) => {{
                 let c = $e;
