@@ -27,6 +27,23 @@
 //! and in [`Outbox::dropped`] (persisted). An append whose alerts alone exceed
 //! `max_bytes` is refused with [`OutboxError::TooLarge`].
 //!
+//! # Damaged files
+//!
+//! - If sled refuses the directory as corrupt (or panics on it), `open`
+//!   moves it to `<path>.corrupt-<unix ms>`, copies every alert and meta
+//!   entry sled can still read into a fresh database at `path` and logs an
+//!   error naming both directories ([`crate::storage::open_recovering`]).
+//!   The agent starts instead of crash-looping; the damaged copy stays for
+//!   the operator (`outbox verify --data-dir <path>.corrupt-…` reads it if
+//!   sled can).
+//! - sled recovers a log whose tail is damaged by silently keeping the state
+//!   before the damage, which could hand out seqs again and make the
+//!   coordinator drop new alerts as duplicates. Each append therefore also
+//!   writes the last seq to `<path>/last_seq.hwm` (not fsynced: it is a
+//!   cross-check, not the record). When it is ahead of what sled recovered,
+//!   `open` logs the lost seq range as an error and continues after it.
+//! - Both count in [`Outbox::recoveries`] (persisted, shown by `outbox verify`).
+//!
 //! # On-disk layout (sled database at `path`)
 //!
 //! ```text
@@ -34,6 +51,8 @@
 //!                value = sad_common::frame::encode(Alert)  ([version byte] ++ postcard)
 //! tree "meta":   "last_seq" = u64 big-endian, the highest seq ever assigned
 //!                "dropped"  = u64 big-endian, alerts dropped by the full-outbox policy
+//!                "recoveries" = u64 big-endian, see "Damaged files"
+//! file "last_seq.hwm": last seq assigned, u64 big-endian, then its bitwise complement
 //! ```
 //!
 //! `append` blocks on an fsync: call it from `spawn_blocking` or a dedicated
@@ -60,6 +79,9 @@ pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 const META_LAST_SEQ: &[u8] = b"last_seq";
 const META_DROPPED: &[u8] = b"dropped";
+const META_RECOVERIES: &[u8] = b"recoveries";
+/// The high-water mark file inside the database directory (see the module docs).
+pub const HWM_FILE: &str = "last_seq.hwm";
 /// sled's page cache; small, the outbox is written once and read once or twice.
 const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 /// How many problems [`VerifyReport`] lists in detail.
@@ -139,6 +161,8 @@ pub struct VerifyReport {
     pub meta_last_seq: u64,
     /// Alerts dropped by the full-outbox policy (persisted counter).
     pub dropped: u64,
+    /// Times the outbox was recovered from damage (persisted counter).
+    pub recoveries: u64,
     /// Agent id of the stored alerts (of the first valid one).
     pub agent_id: Option<String>,
     /// Total problems found.
@@ -166,7 +190,7 @@ impl fmt::Display for VerifyReport {
         let seq = |s: Option<u64>| s.map_or("-".to_string(), |v| v.to_string());
         writeln!(
             f,
-            "agent {}: entries {} (valid {}), {} bytes, seq {}..{}, meta last_seq {}, dropped {}",
+            "agent {}: entries {} (valid {}), {} bytes, seq {}..{}, meta last_seq {}, dropped {}, recoveries {}",
             self.agent_id.as_deref().unwrap_or("-"),
             self.entries,
             self.valid,
@@ -174,7 +198,8 @@ impl fmt::Display for VerifyReport {
             seq(self.first_seq),
             seq(self.max_key),
             self.meta_last_seq,
-            self.dropped
+            self.dropped,
+            self.recoveries
         )?;
         let sev: Vec<String> = self
             .by_severity
@@ -225,6 +250,8 @@ struct Inner {
     dropped: AtomicU64,
     notify: Notify,
     metrics: Option<AgentMetrics>,
+    /// Times the database was found damaged or behind its high-water mark (persisted).
+    recoveries: u64,
 }
 
 /// The sled-backed outbox; cheap to clone (an `Arc` inside), `Send + Sync`.
@@ -257,6 +284,23 @@ fn entry_bytes(key: &[u8], value: &[u8]) -> u64 {
     (key.len() + value.len()) as u64
 }
 
+/// The last seq recorded in `dir/last_seq.hwm`, if the file is intact.
+fn read_hwm(dir: &Path) -> Option<u64> {
+    let b = std::fs::read(dir.join(HWM_FILE)).ok()?;
+    let seq = read_be(b.get(..8)?)?;
+    (read_be(b.get(8..)?)? == !seq).then_some(seq)
+}
+
+/// Records `seq` in `dir/last_seq.hwm` (seq and its complement, so a torn
+/// write is recognised); not fsynced, a failure only loses the cross-check.
+fn write_hwm(dir: &Path, seq: u64) {
+    let mut b = be(seq).to_vec();
+    b.extend_from_slice(&be(!seq));
+    if let Err(e) = std::fs::write(dir.join(HWM_FILE), b) {
+        tracing::warn!(path = %dir.display(), error = %e, "cannot write the outbox high-water mark");
+    }
+}
+
 impl Outbox {
     /// Opens (or creates) the outbox at `cfg.path` and recovers `last_seq`, depth and bytes.
     pub fn open(
@@ -274,15 +318,30 @@ impl Outbox {
             path: path.clone(),
             source,
         };
-        let db = crate::storage::open_db(
+        // Read before sled can move the directory aside.
+        let hwm = read_hwm(&cfg.path);
+        let opened = crate::storage::open_recovering(
             &sled::Config::new()
                 .path(&cfg.path)
                 .cache_capacity(CACHE_BYTES)
                 .flush_every_ms(Some(1000)),
+            &cfg.path,
         )
         .map_err(storage)?;
+        let db = opened.db;
         let alerts = db.open_tree("alerts").map_err(storage)?;
         let meta = db.open_tree("meta").map_err(storage)?;
+        let mut recovered = opened.recovery.is_some();
+        if let Some(r) = &opened.recovery {
+            tracing::error!(
+                path = %cfg.path.display(),
+                moved_to = %r.moved_to.display(),
+                reason = %r.reason,
+                salvaged_entries = r.salvaged,
+                incomplete = ?r.incomplete,
+                "outbox database is damaged: moved it aside, kept every entry sled could read, starting on a fresh database"
+            );
+        }
         let meta_u64 = |k: &[u8]| -> Result<u64, OutboxError> {
             Ok(meta
                 .get(k)
@@ -303,7 +362,26 @@ impl Outbox {
                 max_key = max_key.max(seq);
             }
         }
-        let last_seq = meta_last.max(max_key);
+        let mut last_seq = meta_last.max(max_key);
+        if let Some(h) = hwm.filter(|h| *h > last_seq) {
+            tracing::error!(
+                path = %cfg.path.display(),
+                recovered_last_seq = last_seq,
+                assigned_last_seq = h,
+                "outbox lost writes: sled recovered an older state than the last append; unacked alerts with seq in recovered_last_seq+1..=assigned_last_seq are lost. Seqs continue after assigned_last_seq so no alert id is reused"
+            );
+            last_seq = h;
+            recovered = true;
+        }
+        let mut recoveries = meta_u64(META_RECOVERIES)?;
+        if recovered {
+            recoveries += 1;
+            meta.insert(META_LAST_SEQ, &be(last_seq)).map_err(storage)?;
+            meta.insert(META_RECOVERIES, &be(recoveries))
+                .map_err(storage)?;
+            db.flush().map_err(storage)?;
+            write_hwm(&cfg.path, last_seq);
+        }
         let inner = Inner {
             path: cfg.path.clone(),
             agent_id: agent_id.to_string(),
@@ -320,6 +398,7 @@ impl Outbox {
             bytes: AtomicU64::new(bytes),
             last_seq: AtomicU64::new(last_seq),
             dropped: AtomicU64::new(dropped),
+            recoveries,
             notify: Notify::new(),
             metrics,
         };
@@ -431,6 +510,7 @@ impl Outbox {
             })
             .map_err(|e| self.tx_error(e))?;
         inner.db.flush().map_err(|e| self.storage(e))?;
+        write_hwm(&inner.path, last);
 
         state.last_seq = last;
         state.dropped = dropped_total;
@@ -530,6 +610,12 @@ impl Outbox {
         self.inner.dropped.load(Ordering::Relaxed)
     }
 
+    /// Times this outbox was found damaged (moved aside and salvaged) or
+    /// behind its high-water mark, over its lifetime (persisted).
+    pub fn recoveries(&self) -> u64 {
+        self.inner.recoveries
+    }
+
     /// Highest seq ever assigned (0 before the first alert).
     pub fn last_seq(&self) -> u64 {
         self.inner.last_seq.load(Ordering::Relaxed)
@@ -582,6 +668,9 @@ impl Outbox {
         }
         if let Some(v) = meta_get(META_DROPPED)? {
             r.dropped = read_be(&v).unwrap_or(0);
+        }
+        if let Some(v) = meta_get(META_RECOVERIES)? {
+            r.recoveries = read_be(&v).unwrap_or(0);
         }
         let mut prev: Option<u64> = None;
         for kv in inner.alerts.iter() {
