@@ -169,7 +169,7 @@ impl ScoreStats {
     }
 
     /// Records one scored event; non-finite scores are ignored.
-    pub fn record(&mut self, score: f64, alerted: bool) {
+    pub fn record(&mut self, score: f64, flagged: bool) {
         if !score.is_finite() {
             return;
         }
@@ -180,8 +180,8 @@ impl ScoreStats {
             }
         }
         self.recent.push_back(score);
-        self.alerted.push_back(alerted);
-        if alerted {
+        self.alerted.push_back(flagged);
+        if flagged {
             self.alerts_in_window += 1;
         }
     }

@@ -216,8 +216,8 @@ pub struct BatchView<'a> {
     pub rows: &'a [f64],
     /// Calibrated score per row.
     pub scores: &'a [f64],
-    /// Whether each row raised an alert.
-    pub alerted: &'a [bool],
+    /// Whether each row scored above the enter threshold (flagged, before rules throttle alerts).
+    pub flagged: &'a [bool],
 }
 
 /// Gets every scored batch (the heartbeat's reservoir and score statistics).
@@ -243,8 +243,8 @@ impl BatchObserver for HeartbeatObserver {
             }
         }
         if let Ok(mut s) = self.scores.lock() {
-            for (score, alerted) in view.scores.iter().zip(view.alerted) {
-                s.record(*score, *alerted);
+            for (score, flagged) in view.scores.iter().zip(view.flagged) {
+                s.record(*score, *flagged);
             }
         }
     }
@@ -602,7 +602,10 @@ impl Pipeline {
         };
         let top_k = self.rules.config().top_k;
         let mut alerts: Vec<Alert> = Vec::new();
-        let mut alerted_trained: Vec<Vec<bool>> =
+        // Rows above the enter threshold, per trained model: the heartbeat's
+        // flag rate, which canary health checks compare (alerts are throttled
+        // by the rules, flags are not).
+        let mut flagged_trained: Vec<Vec<bool>> =
             group_rows.iter().map(|&n| vec![false; n]).collect();
         let mut scored = 0usize;
         let mut streamed = 0u64;
@@ -660,6 +663,9 @@ impl Pipeline {
             scored += 1;
             last_conf.insert(kind, score.score);
             let enter = self.rules.config().enter_threshold(threshold);
+            if let Route::Trained { model, row } = route {
+                flagged_trained[*model][*row] = score.score > enter;
+            }
             if let Some(label) = ev.label {
                 let flagged = score.score > enter;
                 let e = self.accuracy.entry(name.to_string()).or_default();
@@ -702,9 +708,6 @@ impl Pipeline {
                     weight: c.weight,
                 })
                 .collect();
-            if let Route::Trained { model, row } = route {
-                alerted_trained[*model][*row] = true;
-            }
             alerts.push(Alert {
                 agent_id: String::new(),
                 seq: 0,
@@ -793,7 +796,7 @@ impl Pipeline {
                     feature_names: &m.feature_names,
                     rows: &groups[mi],
                     scores: &scores,
-                    alerted: &alerted_trained[mi],
+                    flagged: &flagged_trained[mi],
                 });
             }
         }

@@ -636,7 +636,8 @@ pub struct ScoreSummary {
     pub p95: f64,
     /// 99th percentile score.
     pub p99: f64,
-    /// Fraction of scored events that raised an alert, in `[0, 1]`.
+    /// Fraction of recent scored events flagged anomalous (score above the
+    /// enter threshold, before alert rules throttle them), in `[0, 1]`.
     pub alert_rate: f64,
 }
 

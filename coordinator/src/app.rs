@@ -37,6 +37,8 @@ use crate::intake::{IntakeConfig, run_intake_with_quality};
 use crate::kafka::{AlertSink, KafkaConfig, ensure_topics};
 use crate::metrics::CoordinatorMetrics;
 use crate::quality::Quality;
+use crate::rollout::{BundlePublisher, Rollout};
+use crate::signing::Signer25519;
 use crate::store::{AlertQuery, AlertStore, StoreConfig};
 
 /// Why `serve` could not start.
@@ -188,6 +190,19 @@ impl RulesPublisher for MqttRules {
     }
 }
 
+/// Publishes signed model bundles retained over MQTT (QoS 1).
+struct MqttBundles {
+    client: AsyncClient,
+}
+
+impl BundlePublisher for MqttBundles {
+    fn publish_retained(&self, topic: &str, bytes: Vec<u8>) -> Result<(), String> {
+        self.client
+            .try_publish(topic, QoS::AtLeastOnce, true, bytes)
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// The retained topic of a model's rules: `{prefix}/config/{fleet}/{model}`.
 pub fn rules_topic(prefix: &str, fleet: &str, model: &str) -> String {
     format!("{prefix}/config/{fleet}/{model}")
@@ -230,6 +245,20 @@ pub async fn serve(
         .map_err(|e| start_err("model registry", e))?
         .map_err(|e| start_err("model registry", e))?;
     let registry = Arc::new(registry);
+    let rollout = {
+        let (dir, reg) = (data_dir.clone(), registry.clone());
+        let rcfg = cfg
+            .rollout
+            .to_config(&cfg.fleet, &cfg.env.mqtt_topic_prefix);
+        tokio::task::spawn_blocking(move || -> Result<Rollout, String> {
+            let signer = Signer25519::load_or_generate(&dir).map_err(|e| e.to_string())?;
+            Rollout::open(&dir, rcfg, reg, Arc::new(signer)).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| start_err("model rollout", e))?
+        .map_err(|e| start_err("model rollout", e))?
+    };
+    let rollout = Arc::new(rollout);
 
     let mqtt_url = match &cfg.env.mqtt_url {
         Some(u) => u.clone(),
@@ -348,26 +377,64 @@ pub async fn serve(
             host,
             port,
         );
-        opts.set_keep_alive(Duration::from_secs(30));
-        let (client, mut eventloop) = AsyncClient::new(opts, 64);
+        opts.set_keep_alive(Duration::from_secs(30))
+            .set_max_packet_size(
+                1 << 20,
+                sad_common::wire::limits::MAX_BUNDLE_FRAME_BYTES + 64 * 1024,
+            );
+        let (client, mut eventloop) = AsyncClient::new(opts, 1024);
         let stop = shutdown.clone();
         let h = health.clone();
         let url = mqtt_url.clone();
+        let r = rollout.clone();
         tasks.push(tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     ev = eventloop.poll() => {
-                        if let Err(e) = ev {
-                            h.set("mqtt", "down", format!("{url}: {e}"));
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        } else {
-                            h.set("mqtt", "ok", url.clone());
+                        match ev {
+                            Err(e) => {
+                                h.set("mqtt", "down", format!("{url}: {e}"));
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                            Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                                h.set("mqtt", "ok", url.clone());
+                                // Every (re)connection publishes the active and canary
+                                // bundles again: a restarted broker may have lost them.
+                                let r = r.clone();
+                                tokio::task::spawn_blocking(move || match r.reconcile() {
+                                    Ok(n) => tracing::info!(bundles = n, "model bundles republished"),
+                                    Err(e) => tracing::warn!(error = %e, "could not republish model bundles"),
+                                });
+                            }
+                            Ok(_) => h.set("mqtt", "ok", url.clone()),
                         }
                     }
                 }
             }
         }));
+        rollout.set_publisher(Arc::new(MqttBundles {
+            client: client.clone(),
+        }));
+        {
+            let (r, fleet, stop) = (rollout.clone(), fleet.clone(), shutdown.clone());
+            let every = r.config().check_every;
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tick.tick() => {}
+                    }
+                    let (r, agents) = (r.clone(), fleet.agents());
+                    let now = sad_agent::heartbeat::now_ms();
+                    if let Err(e) = tokio::task::spawn_blocking(move || r.tick(&agents, now)).await
+                    {
+                        tracing::warn!(error = %e, "canary health check failed");
+                    }
+                }
+            }));
+        }
         rules.set_publisher(Arc::new(MqttRules {
             client,
             prefix: cfg.env.mqtt_topic_prefix.clone(),
@@ -383,6 +450,7 @@ pub async fn serve(
         fleet: Arc::new(FleetView(fleet.clone())),
         rules,
         jobs: Arc::new(Jobs::default()),
+        rollout: Some(rollout),
         health,
         limits: ApiLimits {
             max_body_bytes: cfg.max_body_bytes,

@@ -13,6 +13,7 @@
 //! | `max_batch_rows` | | 10 000 | largest detect batch (the seed's cap) |
 //! | `broker_listen` | | `127.0.0.1:1883` | embedded MQTT broker, used when `MQTT_URL` is unset |
 //! | `fleet` | | `default` | fleet whose config topics rule changes are published on |
+//! | `[rollout]` | | see [`RolloutSettings`] | canary health check and automatic promote/rollback |
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -55,8 +56,104 @@ pub struct FileConfig {
     pub max_batch_rows: usize,
     /// Embedded broker address (default `127.0.0.1:1883`).
     pub broker_listen: SocketAddr,
-    /// Fleet the rules are published to (default `default`).
+    /// Fleet the rules and models are published to (default `default`).
     pub fleet: String,
+    /// Canary and rollout settings (`[rollout]` table).
+    pub rollout: RolloutSettings,
+}
+
+/// The `[rollout]` table: how canaries are judged. Durations in seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutSettings {
+    /// A canary healthy this long is promoted (default 300).
+    pub promote_after_s: f64,
+    /// A canary without a verdict after this long is rolled back (default 600).
+    pub canary_timeout_s: f64,
+    /// Period of the health check (default 5).
+    pub check_every_s: f64,
+    /// Unhealthy checks in a row before rolling back (default 2).
+    pub unhealthy_checks: u32,
+    /// Scores the canary agents must have summarised before a verdict (default 200).
+    pub min_scores: u64,
+    /// Canary flag rate bound as a multiple of the reference rate (default 3).
+    pub max_rate_ratio: f64,
+    /// Canary flag rate bound as reference rate + margin; the larger bound applies (default 0.05).
+    pub rate_margin: f64,
+    /// Largest shift of the median score against the reference (default 0.35).
+    pub max_median_shift: f64,
+    /// Promote and roll back automatically (default true); manual endpoints work either way.
+    pub auto: bool,
+}
+
+impl Default for RolloutSettings {
+    fn default() -> Self {
+        let d = crate::rollout::RolloutConfig::default();
+        Self {
+            promote_after_s: d.promote_after.as_secs_f64(),
+            canary_timeout_s: d.canary_timeout.as_secs_f64(),
+            check_every_s: d.check_every.as_secs_f64(),
+            unhealthy_checks: d.unhealthy_checks,
+            min_scores: d.min_scores,
+            max_rate_ratio: d.max_rate_ratio,
+            rate_margin: d.rate_margin,
+            max_median_shift: d.max_median_shift,
+            auto: d.auto,
+        }
+    }
+}
+
+impl RolloutSettings {
+    /// Checks that durations are positive and finite and the bounds sane.
+    pub fn validate(&self) -> Result<(), CoordinatorConfigError> {
+        let bad = |key, reason: &str| {
+            Err(CoordinatorConfigError::Invalid {
+                key,
+                reason: reason.to_string(),
+            })
+        };
+        for (key, v) in [
+            ("rollout.promote_after_s", self.promote_after_s),
+            ("rollout.canary_timeout_s", self.canary_timeout_s),
+            ("rollout.check_every_s", self.check_every_s),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v < 1e9) {
+                return bad(key, "must be a positive number of seconds");
+            }
+        }
+        if self.unhealthy_checks == 0 {
+            return bad("rollout.unhealthy_checks", "must be at least 1");
+        }
+        if !(self.max_rate_ratio.is_finite() && self.max_rate_ratio >= 1.0) {
+            return bad("rollout.max_rate_ratio", "must be at least 1");
+        }
+        for (key, v) in [
+            ("rollout.rate_margin", self.rate_margin),
+            ("rollout.max_median_shift", self.max_median_shift),
+        ] {
+            if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
+                return bad(key, "must be in [0, 1]");
+            }
+        }
+        Ok(())
+    }
+
+    /// The rollout manager's settings for `fleet` under `prefix`.
+    pub fn to_config(&self, fleet: &str, prefix: &str) -> crate::rollout::RolloutConfig {
+        crate::rollout::RolloutConfig {
+            fleet: fleet.to_string(),
+            prefix: prefix.to_string(),
+            promote_after: std::time::Duration::from_secs_f64(self.promote_after_s),
+            canary_timeout: std::time::Duration::from_secs_f64(self.canary_timeout_s),
+            unhealthy_checks: self.unhealthy_checks,
+            min_scores: self.min_scores,
+            max_rate_ratio: self.max_rate_ratio,
+            rate_margin: self.rate_margin,
+            max_median_shift: self.max_median_shift,
+            auto: self.auto,
+            check_every: std::time::Duration::from_secs_f64(self.check_every_s),
+        }
+    }
 }
 
 impl Default for FileConfig {
@@ -70,6 +167,7 @@ impl Default for FileConfig {
             max_batch_rows: 10_000,
             broker_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             fleet: "default".into(),
+            rollout: RolloutSettings::default(),
         }
     }
 }
@@ -93,8 +191,10 @@ pub struct CoordinatorConfig {
     pub max_batch_rows: usize,
     /// Embedded broker address (when `env.mqtt_url` is unset).
     pub broker_listen: SocketAddr,
-    /// Fleet the rules are published to.
+    /// Fleet the rules and models are published to.
     pub fleet: String,
+    /// Canary and rollout settings.
+    pub rollout: RolloutSettings,
 }
 
 impl Default for CoordinatorConfig {
@@ -117,6 +217,7 @@ fn unreachable_default() -> CoordinatorConfig {
         max_batch_rows: f.max_batch_rows,
         broker_listen: f.broker_listen,
         fleet: f.fleet,
+        rollout: f.rollout,
     }
 }
 
@@ -170,6 +271,7 @@ impl CoordinatorConfig {
             max_batch_rows: file.max_batch_rows,
             broker_listen: file.broker_listen,
             fleet: file.fleet,
+            rollout: file.rollout,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -189,6 +291,7 @@ impl CoordinatorConfig {
         if self.max_batch_rows == 0 {
             return bad("max_batch_rows", "must be at least 1");
         }
+        self.rollout.validate()?;
         if let Some(t) = &self.api_token
             && (t.len() < 8 || t.chars().any(|c| c.is_whitespace() || c.is_control()))
         {

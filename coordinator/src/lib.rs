@@ -8,6 +8,8 @@
 //! - [`central`]: central detection on `KAFKA_TOPIC_INPUT` with the agent's pipeline.
 //! - [`fleet`]: agents seen through their heartbeats.
 //! - [`quality`]: precision and recall from labels and operator feedback.
+//! - [`signing`], [`rollout`]: the ed25519 signing key, and signed rollout of
+//!   model versions to the fleet with canary, promotion and rollback.
 //! - [`api`]: the REST API on port 8001.
 //! - [`metrics`]: Prometheus metrics on `PROMETHEUS_PORT`.
 //! - [`config`], [`app`]: settings and the wiring of `serve`.
@@ -26,6 +28,8 @@ pub mod intake;
 pub mod kafka;
 pub mod metrics;
 pub mod quality;
+pub mod rollout;
+pub mod signing;
 pub mod store;
 #[cfg(feature = "train")]
 pub mod train_cmd;

@@ -19,6 +19,7 @@ pub mod detect;
 pub mod models;
 pub mod openapi;
 pub mod registry;
+pub mod rollout;
 pub mod status;
 
 use std::collections::BTreeMap;
@@ -118,6 +119,8 @@ pub struct ApiState {
     pub rules: Arc<RulesStore>,
     /// Background jobs (training).
     pub jobs: Arc<Jobs>,
+    /// Signed rollout of model versions to the fleet (`None` without MQTT).
+    pub rollout: Option<Arc<crate::rollout::Rollout>>,
     /// Dependency health.
     pub health: Arc<HealthBoard>,
     /// Caps.
@@ -250,6 +253,51 @@ pub fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 Some("TrainRequest"),
             ),
             post(models::train),
+        ),
+        (
+            r(
+                "GET",
+                "/api/v1/models/public-key",
+                "the ed25519 public key agents pin to verify model bundles",
+                None,
+            ),
+            get(rollout::public_key),
+        ),
+        (
+            r(
+                "GET",
+                "/api/v1/models/{name}",
+                "versions, active and canary versions, rollout history and agents of a model",
+                None,
+            ),
+            get(rollout::model_detail),
+        ),
+        (
+            r(
+                "POST",
+                "/api/v1/models/{name}/publish",
+                "sign and publish a version to the fleet or to a canary group",
+                Some("PublishOptions"),
+            ),
+            post(rollout::publish),
+        ),
+        (
+            r(
+                "POST",
+                "/api/v1/models/{name}/promote",
+                "promote the running canary to the whole fleet",
+                None,
+            ),
+            post(rollout::promote),
+        ),
+        (
+            r(
+                "POST",
+                "/api/v1/models/{name}/rollback",
+                "withdraw a canary or restore an earlier version, as a new higher version",
+                Some("RollbackRequest"),
+            ),
+            post(rollout::rollback),
         ),
         (
             r(

@@ -47,6 +47,21 @@ fn schemas() -> Value {
                 "top_k": {"type": "integer", "default": 3}
             }
         },
+        "PublishOptions": {
+            "type": "object",
+            "properties": {
+                "version": {"type": "integer", "description": "default: the newest version"},
+                "canary_group": {"type": "string", "description": "publish to this group first; promoted or rolled back by health checks"},
+                "force": {"type": "boolean", "default": false, "description": "publish even if the version failed its quality gate"}
+            }
+        },
+        "RollbackRequest": {
+            "type": "object",
+            "properties": {
+                "to_version": {"type": "integer", "description": "default: the canary's baseline or the previous active version"},
+                "reason": {"type": "string"}
+            }
+        },
         "FeedbackRequest": {
             "type": "object",
             "properties": {

@@ -1,13 +1,19 @@
-//! A minimal model registry for the REST detect path.
+//! The model registry: every version of every model, and the one that serves.
 //!
-//! Models live in memory by name, each with its manifest and a shared
-//! [`Detector`]; every model is also a file `{name}.v{version}.bundle` under
-//! the model directory (`MODEL_PATH`): an unsigned [`ModelBundle`] framed by
-//! [`sad_common::frame`], written to a temporary file and renamed, so a crash
-//! leaves either the old or the new file. At start every bundle in the
-//! directory is loaded (the highest version of each name wins; unreadable
-//! files are logged and skipped); if no Isolation Forest exists, the seed's
-//! default is trained and saved as [`DEFAULT_MODEL`].
+//! Every version is a file `{name}.v{version}.bundle` under the model
+//! directory (`MODEL_PATH`): an unsigned [`ModelBundle`] framed by
+//! [`sad_common::frame`] (bundles are signed when published, by
+//! [`crate::rollout`]). Versions of a name only grow and are never
+//! overwritten, so the directory is the full history. In memory the registry
+//! holds every manifest and, per name, the serving [`Detector`] (detect and
+//! the JSON listing use it): the highest version, or the version the rollout
+//! pinned as the fleet's active one. At start every bundle in the directory
+//! is read (unreadable files are logged and skipped); if no Isolation Forest
+//! exists, the seed's default is trained and saved as [`DEFAULT_MODEL`].
+//!
+//! What survives `kill -9`: each file is written to a temporary file,
+//! fsynced, renamed and the directory fsynced, so a crash leaves a version
+//! either fully saved or absent (a stray `.bundle.tmp` is ignored).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -137,10 +143,16 @@ impl ModelEntry {
     }
 }
 
-/// Models by name, backed by bundle files.
+/// Models by name, backed by bundle files, with every version kept.
+///
+/// One version per name *serves* (detect, the JSON listing): the highest,
+/// unless the rollout pinned another with [`ModelRegistry::serve_version`]
+/// (the fleet's active version while a newer one is only a candidate).
 pub struct ModelRegistry {
     dir: PathBuf,
     models: RwLock<HashMap<String, Arc<ModelEntry>>>,
+    history: RwLock<HashMap<String, BTreeMap<u64, ModelManifest>>>,
+    pinned: RwLock<HashMap<String, u64>>,
 }
 
 impl ModelRegistry {
@@ -149,11 +161,16 @@ impl ModelRegistry {
         Self {
             dir: dir.into(),
             models: RwLock::new(HashMap::new()),
+            history: RwLock::new(HashMap::new()),
+            pinned: RwLock::new(HashMap::new()),
         }
     }
 
     /// Loads every bundle in `dir` (created if missing) and trains the default
     /// model when no Isolation Forest exists. Blocking: call from `spawn_blocking`.
+    ///
+    /// Every readable version enters the history; the highest version of each
+    /// name is built and serves. An unreadable file is logged and skipped.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, RegistryError> {
         let reg = Self::empty(dir);
         std::fs::create_dir_all(&reg.dir).map_err(|source| RegistryError::Io {
@@ -164,14 +181,30 @@ impl ModelRegistry {
             path: reg.dir.clone(),
             source,
         })?;
+        let mut newest: HashMap<String, (u64, ModelBundle, PathBuf)> = HashMap::new();
         for e in rd.flatten() {
             let path = e.path();
             if path.extension().and_then(|s| s.to_str()) != Some("bundle") {
                 continue;
             }
-            match load_bundle(&path) {
-                Ok(entry) => reg.insert(entry),
+            match read_bundle(&path) {
+                Ok(bundle) => {
+                    let m = &bundle.manifest;
+                    reg.record_history(m.clone());
+                    let keep = newest.get(&m.name).is_some_and(|(v, _, _)| *v > m.version);
+                    if !keep {
+                        newest.insert(m.name.clone(), (m.version, bundle, path));
+                    }
+                }
                 Err(e) => tracing::warn!(path = %path.display(), error = %e, "skipping model file"),
+            }
+        }
+        for (_, (_, bundle, path)) in newest {
+            match detector_from_parts(&bundle.manifest, &bundle.payload) {
+                Ok(d) => reg.insert(ModelEntry::new(bundle.manifest, Arc::from(d))),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "model file does not build; skipping")
+                }
             }
         }
         if !reg
@@ -194,21 +227,40 @@ impl ModelRegistry {
         &self.dir
     }
 
-    /// Adds or replaces a model in memory (a lower version never replaces a higher one).
-    pub fn insert(&self, entry: ModelEntry) {
-        let mut map = self.models.write().unwrap_or_else(|e| e.into_inner());
-        let keep_old = map
-            .get(&entry.manifest.name)
-            .is_some_and(|old| old.manifest.version > entry.manifest.version);
-        if !keep_old {
-            map.insert(entry.manifest.name.clone(), Arc::new(entry));
-        }
+    fn record_history(&self, manifest: ModelManifest) {
+        self.history
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(manifest.name.clone())
+            .or_default()
+            .insert(manifest.version, manifest);
     }
 
-    /// Builds the detector, writes the bundle file and registers it. Blocking.
+    /// Adds or replaces the serving model in memory: a lower version never
+    /// replaces a higher one, and a pinned name keeps its pinned version.
+    pub fn insert(&self, entry: ModelEntry) {
+        self.insert_arc(Arc::new(entry));
+    }
+
+    /// The next unused version of `name` (1 for a new name).
+    pub fn next_version(&self, name: &str) -> u64 {
+        self.history
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .and_then(|v| v.keys().next_back().copied())
+            .map_or(1, |v| v + 1)
+    }
+
+    /// Builds the detector, writes the bundle file and registers the version. Blocking.
+    ///
+    /// A version that already exists is never overwritten: the manifest is
+    /// renumbered to [`ModelRegistry::next_version`] first. The new version
+    /// serves unless the name is pinned to another one. Returns the saved
+    /// version's entry.
     pub fn save(
         &self,
-        manifest: ModelManifest,
+        mut manifest: ModelManifest,
         payload: Vec<u8>,
     ) -> Result<Arc<ModelEntry>, RegistryError> {
         let name = manifest.name.clone();
@@ -216,6 +268,14 @@ impl ModelRegistry {
             name: name.clone(),
             reason,
         };
+        let next = self.next_version(&name);
+        if manifest.version < next {
+            tracing::info!(model = %name, asked = manifest.version, version = next, "version taken; saving as the next one");
+            manifest.version = next;
+        }
+        manifest
+            .validate()
+            .map_err(|e| model_err(format!("invalid manifest: {e}")))?;
         let detector =
             detector_from_parts(&manifest, &payload).map_err(|e| model_err(e.to_string()))?;
         let bundle = ModelBundle {
@@ -224,24 +284,104 @@ impl ModelRegistry {
             signature: Vec::new(),
         };
         let bytes = frame::encode_checked(&bundle).map_err(|e| model_err(e.to_string()))?;
-        let path = self.dir.join(format!(
-            "{}.v{}.bundle",
-            bundle.manifest.name, bundle.manifest.version
-        ));
-        let tmp = path.with_extension("bundle.tmp");
-        let io = |source| RegistryError::Io {
-            path: path.clone(),
-            source,
-        };
-        std::fs::create_dir_all(&self.dir).map_err(io)?;
-        std::fs::write(&tmp, &bytes).map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)?;
-        self.insert(ModelEntry::new(bundle.manifest, Arc::from(detector)));
-        self.get(&name)
-            .ok_or_else(|| model_err("a higher version is already registered".into()))
+        let path = self.version_path(&name, bundle.manifest.version);
+        write_file_atomic(&self.dir, &path, &bytes)?;
+        self.record_history(bundle.manifest.clone());
+        let entry = Arc::new(ModelEntry::new(bundle.manifest, Arc::from(detector)));
+        self.insert_arc(entry.clone());
+        Ok(entry)
     }
 
-    /// The model called `name`.
+    fn insert_arc(&self, entry: Arc<ModelEntry>) {
+        let pinned = self
+            .pinned
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&entry.manifest.name)
+            .copied();
+        let mut map = self.models.write().unwrap_or_else(|e| e.into_inner());
+        let replace = match pinned {
+            Some(v) => v == entry.manifest.version,
+            None => map
+                .get(&entry.manifest.name)
+                .is_none_or(|old| old.manifest.version <= entry.manifest.version),
+        };
+        if replace {
+            map.insert(entry.manifest.name.clone(), entry);
+        }
+    }
+
+    fn version_path(&self, name: &str, version: u64) -> PathBuf {
+        self.dir.join(format!("{name}.v{version}.bundle"))
+    }
+
+    /// Every version of `name`, oldest first (empty for an unknown name).
+    pub fn versions(&self, name: &str) -> Vec<ModelManifest> {
+        self.history
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .map(|v| v.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The manifest of one version.
+    pub fn manifest(&self, name: &str, version: u64) -> Option<ModelManifest> {
+        self.history
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .and_then(|v| v.get(&version))
+            .cloned()
+    }
+
+    /// Reads one version's manifest and payload from its file. Blocking.
+    pub fn load_version(
+        &self,
+        name: &str,
+        version: u64,
+    ) -> Result<(ModelManifest, Vec<u8>), RegistryError> {
+        let bundle = read_bundle(&self.version_path(name, version))?;
+        if bundle.manifest.name != name || bundle.manifest.version != version {
+            return Err(RegistryError::Model {
+                name: name.to_string(),
+                reason: format!(
+                    "file of version {version} holds {} v{}",
+                    bundle.manifest.name, bundle.manifest.version
+                ),
+            });
+        }
+        Ok((bundle.manifest, bundle.payload))
+    }
+
+    /// Makes `version` of `name` the one that serves, and keeps it serving
+    /// over newer versions until pinned again. Blocking (builds the detector).
+    pub fn serve_version(&self, name: &str, version: u64) -> Result<(), RegistryError> {
+        let current = self.get(name);
+        let entry = match current {
+            Some(e) if e.manifest.version == version => e,
+            _ => {
+                let (manifest, payload) = self.load_version(name, version)?;
+                let detector =
+                    detector_from_parts(&manifest, &payload).map_err(|e| RegistryError::Model {
+                        name: name.to_string(),
+                        reason: e.to_string(),
+                    })?;
+                Arc::new(ModelEntry::new(manifest, Arc::from(detector)))
+            }
+        };
+        self.pinned
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), version);
+        self.models
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), entry);
+        Ok(())
+    }
+
+    /// The serving version of the model called `name`.
     pub fn get(&self, name: &str) -> Option<Arc<ModelEntry>> {
         self.models
             .read()
@@ -264,7 +404,7 @@ impl ModelRegistry {
             .cloned()
     }
 
-    /// Every model, by name.
+    /// Every serving model, by name.
     pub fn list(&self) -> Vec<Arc<ModelEntry>> {
         let mut v: Vec<_> = self
             .models
@@ -277,7 +417,7 @@ impl ModelRegistry {
         v
     }
 
-    /// Number of models.
+    /// Number of model names.
     pub fn len(&self) -> usize {
         self.models.read().unwrap_or_else(|e| e.into_inner()).len()
     }
@@ -288,23 +428,36 @@ impl ModelRegistry {
     }
 }
 
-fn load_bundle(path: &Path) -> Result<ModelEntry, RegistryError> {
+/// Writes `bytes` to `path` through a temporary file, fsync and rename, so a
+/// crash leaves the old file or the new one, never a partial one.
+fn write_file_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), RegistryError> {
+    use std::io::Write;
+    let io = |source| RegistryError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let tmp = path.with_extension("bundle.tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+fn read_bundle(path: &Path) -> Result<ModelBundle, RegistryError> {
     let bytes = std::fs::read(path).map_err(|source| RegistryError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let name = path.display().to_string();
-    let bundle: ModelBundle = frame::decode(&bytes).map_err(|e| RegistryError::Model {
-        name: name.clone(),
+    frame::decode(&bytes).map_err(|e| RegistryError::Model {
+        name: path.display().to_string(),
         reason: e.to_string(),
-    })?;
-    let detector = detector_from_parts(&bundle.manifest, &bundle.payload).map_err(|e| {
-        RegistryError::Model {
-            name,
-            reason: e.to_string(),
-        }
-    })?;
-    Ok(ModelEntry::new(bundle.manifest, Arc::from(detector)))
+    })
 }
 
 /// Milliseconds since the Unix epoch.
@@ -421,5 +574,37 @@ mod tests {
         let reg = ModelRegistry::open(dir.path()).unwrap();
         assert!(reg.get(DEFAULT_MODEL).is_some());
         assert_eq!(reg.len(), 1);
+    }
+
+    #[test]
+    fn every_version_is_kept_taken_versions_are_renumbered_and_pins_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = ModelRegistry::open(dir.path()).unwrap();
+        let (m1, p1) = train_default().unwrap();
+        assert_eq!(m1.version, 1);
+        // version 1 exists already: the save becomes version 2
+        let e2 = reg.save(m1.clone(), p1.clone()).unwrap();
+        assert_eq!(e2.manifest.version, 2);
+        assert_eq!(reg.get(DEFAULT_MODEL).unwrap().manifest.version, 2);
+        reg.serve_version(DEFAULT_MODEL, 1).unwrap();
+        assert_eq!(reg.get(DEFAULT_MODEL).unwrap().manifest.version, 1);
+        let e3 = reg.save(m1, p1).unwrap();
+        assert_eq!(e3.manifest.version, 3);
+        // pinned: the new version is kept but does not serve
+        assert_eq!(reg.get(DEFAULT_MODEL).unwrap().manifest.version, 1);
+        let versions: Vec<u64> = reg
+            .versions(DEFAULT_MODEL)
+            .iter()
+            .map(|m| m.version)
+            .collect();
+        assert_eq!(versions, vec![1, 2, 3]);
+        assert_eq!(reg.next_version(DEFAULT_MODEL), 4);
+        let (m, _) = reg.load_version(DEFAULT_MODEL, 2).unwrap();
+        assert_eq!(m.version, 2);
+        // a restart reads the whole history back; the highest serves again
+        let again = ModelRegistry::open(dir.path()).unwrap();
+        assert_eq!(again.versions(DEFAULT_MODEL).len(), 3);
+        assert_eq!(again.get(DEFAULT_MODEL).unwrap().manifest.version, 3);
+        assert!(again.load_version(DEFAULT_MODEL, 9).is_err());
     }
 }

@@ -58,6 +58,7 @@ pub async fn start(token: Option<&str>, limits: Option<ApiLimits>) -> Api {
         fleet: fleet.clone(),
         rules: Arc::new(RulesStore::open(dir.path()).unwrap()),
         jobs: Arc::new(Jobs::default()),
+        rollout: None,
         health: Arc::new(HealthBoard::default()),
         limits,
         token: token.map(str::to_string),
