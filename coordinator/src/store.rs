@@ -24,6 +24,14 @@
 //! "m/bytes"                                 → u64 big-endian, bytes of all records
 //! ```
 //!
+//! A damaged database (sled refuses it or panics on it) is moved to
+//! `<path>.corrupt-<unix ms>` and every entry sled can still read is copied
+//! into a fresh store, with an error log naming both paths
+//! ([`sad_agent::storage::open_recovering`]); the coordinator starts instead
+//! of crash-looping, and agents re-send whatever was lost and not yet acked.
+//! An index key too short to hold an id is skipped by queries and removed
+//! by retention.
+//!
 //! Sortable = the `i64` with its sign bit flipped, big-endian, so byte order
 //! is numeric order. Every write blocks on an fsync: call the store from
 //! `spawn_blocking` or a dedicated thread, never directly on an async worker.
@@ -220,10 +228,22 @@ impl AlertStore {
             path: cfg.path.clone(),
             source,
         };
-        let db = sad_agent::storage::open_db(
+        let opened = sad_agent::storage::open_recovering(
             &sled::Config::new().path(&cfg.path).cache_capacity(64 << 20),
+            &cfg.path,
         )
         .map_err(storage)?;
+        if let Some(r) = &opened.recovery {
+            tracing::error!(
+                path = %cfg.path.display(),
+                moved_to = %r.moved_to.display(),
+                reason = %r.reason,
+                salvaged_entries = r.salvaged,
+                incomplete = ?r.incomplete,
+                "alert store is damaged: moved it aside, kept every entry sled could read, continuing on a fresh store"
+            );
+        }
+        let db = opened.db;
         let tree = db.open_tree("alerts").map_err(storage)?;
         let count = tree.scan_prefix(ALERT).count() as u64;
         let bytes = match tree.get(META_BYTES).map_err(storage)? {
@@ -385,7 +405,10 @@ impl AlertStore {
         }
         for item in self.inner.tree.range(lo..hi).rev() {
             let (k, _) = item.map_err(|e| self.storage(e))?;
-            let id = String::from_utf8_lossy(&k[BY_TS.len() + 8..]).into_owned();
+            let Some(id) = k.get(BY_TS.len() + 8..) else {
+                continue; // not an index key this store wrote
+            };
+            let id = String::from_utf8_lossy(id).into_owned();
             if let Some(agent) = &q.agent {
                 // ids are `{agent}:{seq}` and agent ids never contain ':'.
                 if id.split_once(':').map(|(a, _)| a) != Some(agent.as_str()) {
@@ -444,7 +467,10 @@ impl AlertStore {
             if received >= cutoff && bytes <= self.inner.max_bytes {
                 break;
             }
-            let id = &rk[BY_RECEIVED.len() + 8..];
+            let Some(id) = rk.get(BY_RECEIVED.len() + 8..) else {
+                batch.remove(rk);
+                continue;
+            };
             let ak = key(ALERT, &[id]);
             if let Some(v) = self.inner.tree.get(&ak).map_err(|e| self.storage(e))? {
                 bytes = bytes.saturating_sub(v.len() as u64);
