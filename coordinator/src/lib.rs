@@ -8,6 +8,9 @@
 //! - [`central`]: central detection on `KAFKA_TOPIC_INPUT` with the agent's pipeline.
 //! - [`fleet`]: agents seen through their heartbeats.
 //! - [`quality`]: precision and recall from labels and operator feedback.
+//! - [`training`], [`gate`], [`drift`]: training jobs of every model kind and
+//!   retraining from fleet samples, the quality gate a new version must pass,
+//!   and drift of deployed versions.
 //! - [`signing`], [`rollout`]: the ed25519 signing key, and signed rollout of
 //!   model versions to the fleet with canary, promotion and rollback.
 //! - [`api`]: the REST API on port 8001.
@@ -22,8 +25,10 @@ pub mod broker;
 pub mod central;
 pub mod config;
 pub mod demo;
+pub mod drift;
 pub mod evaluate;
 pub mod fleet;
+pub mod gate;
 pub mod intake;
 pub mod kafka;
 pub mod metrics;
@@ -33,3 +38,4 @@ pub mod signing;
 pub mod store;
 #[cfg(feature = "train")]
 pub mod train_cmd;
+pub mod training;
