@@ -7,7 +7,10 @@
 //!   learning rate), saving version + 1 with its parent in the manifest;
 //! - `pretrained`: the one command that rebuilds `models/pretrained/` from
 //!   the NAB series the repository carries;
-//! - `eval-tabular`, `eval-skab`, `eval-nab`: the figures of `docs/QUALITY.md`.
+//! - `eval-tabular`, `eval-skab`, `eval-nab`: the figures of `docs/QUALITY.md`;
+//! - `submit`: send a training request to a running coordinator's API and
+//!   follow its job with a progress bar until it is done (a small blocking
+//!   HTTP/1.1 client over `std::net`, no client library).
 
 use std::path::PathBuf;
 
@@ -44,6 +47,229 @@ pub enum TrainCommand {
     EvalSkab(EvalSkabArgs),
     /// NAB v1 standard score of a univariate LSTM-AE.
     EvalNab(EvalNabArgs),
+    /// Submit a training job to a running coordinator and follow it to the end.
+    Submit(SubmitArgs),
+}
+
+/// Arguments of `train submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The coordinator's API (`http://host:port`).
+    #[arg(long, default_value = "http://127.0.0.1:8001")]
+    pub api: String,
+    /// Bearer token of mutating endpoints.
+    #[arg(long, env = "API_TOKEN")]
+    pub token: Option<String>,
+    /// Model kind: isolation_forest, autoencoder, lstm, vae, half_space_trees, ewma.
+    #[arg(long, default_value = "isolation_forest")]
+    pub model_type: String,
+    /// Model name (default `{model_type}_{time}`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// CSV path inside the coordinator's data directory.
+    #[arg(long, conflicts_with_all = ["fleet_samples", "kafka_topic"])]
+    pub csv: Option<String>,
+    /// Train on the fleet's uploaded samples of this model.
+    #[arg(long)]
+    pub fleet_samples: Option<String>,
+    /// Train on a range of this Kafka topic.
+    #[arg(long)]
+    pub kafka_topic: Option<String>,
+    /// Kafka partitions (default all).
+    #[arg(long, value_delimiter = ',')]
+    pub partitions: Vec<i32>,
+    /// First Kafka offset per partition.
+    #[arg(long)]
+    pub start_offset: Option<i64>,
+    /// Kafka offset to stop before.
+    #[arg(long)]
+    pub end_offset: Option<i64>,
+    /// Most rows (fleet samples, Kafka).
+    #[arg(long)]
+    pub max_rows: Option<usize>,
+    /// Training parameters as a JSON object (e.g. `{"epochs": 20, "window": 16}`).
+    #[arg(long, default_value = "{}")]
+    pub params: String,
+    /// Calibrated threshold instead of the fitted one.
+    #[arg(long)]
+    pub threshold: Option<f64>,
+    /// Skip the quality gate (recorded in the manifest).
+    #[arg(long)]
+    pub no_gate: bool,
+    /// Seconds to wait for the job before giving up.
+    #[arg(long, default_value_t = 3600)]
+    pub timeout_s: u64,
+}
+
+impl SubmitArgs {
+    /// The request body of `POST /api/v1/models/train`.
+    pub fn body(&self) -> Result<serde_json::Value> {
+        use serde_json::json;
+        let data = match (&self.csv, &self.fleet_samples, &self.kafka_topic) {
+            (Some(p), None, None) => json!(p),
+            (None, Some(m), None) => {
+                json!({"source": "fleet_samples", "model": m, "max_rows": self.max_rows})
+            }
+            (None, None, Some(t)) => json!({
+                "source": "kafka",
+                "topic": t,
+                "partitions": (!self.partitions.is_empty()).then_some(&self.partitions),
+                "start_offset": self.start_offset,
+                "end_offset": self.end_offset,
+                "max_rows": self.max_rows,
+            }),
+            _ => bail!("give exactly one of --csv, --fleet-samples, --kafka-topic"),
+        };
+        let params: serde_json::Value =
+            serde_json::from_str(&self.params).context("--params is not a JSON object")?;
+        if !params.is_object() {
+            bail!("--params must be a JSON object");
+        }
+        let mut body = json!({
+            "model_type": self.model_type,
+            "training_data": data,
+            "parameters": params,
+            "gate": !self.no_gate,
+        });
+        if let Some(n) = &self.name {
+            body["model_id"] = json!(n);
+        }
+        if let Some(t) = self.threshold {
+            body["threshold"] = json!(t);
+        }
+        Ok(body)
+    }
+}
+
+/// A minimal blocking HTTP/1.1 exchange (`Connection: close`): status and JSON body.
+pub fn http_json(
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    token: Option<&str>,
+) -> Result<(u16, serde_json::Value)> {
+    use std::io::{Read, Write};
+    let rest = base
+        .strip_prefix("http://")
+        .context("--api must start with http:// (no TLS client here)")?;
+    let host = rest.trim_end_matches('/');
+    let mut stream =
+        std::net::TcpStream::connect(host).with_context(|| format!("connect to {host}"))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
+    let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: application/json\r\nContent-Length: {}\r\n",
+        payload.len()
+    );
+    if body.is_some() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(&payload);
+    stream.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("malformed http response")?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("malformed http status line")?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    let json = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
+    Ok((status, json))
+}
+
+fn dechunk(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Submits the request and follows the job with a progress bar; returns the job's result.
+pub fn submit(a: &SubmitArgs) -> Result<serde_json::Value> {
+    let body = a.body()?;
+    let (status, resp) = http_json(
+        &a.api,
+        "POST",
+        "/api/v1/models/train",
+        Some(&body),
+        a.token.as_deref(),
+    )?;
+    if status != 202 {
+        bail!(
+            "the coordinator refused the request ({status}): {}",
+            resp.get("detail").unwrap_or(&resp)
+        );
+    }
+    let id = resp["job_id"].as_u64().context("no job_id in the answer")?;
+    let pb = ProgressBar::new(1000);
+    pb.set_style(
+        ProgressStyle::with_template("job {prefix} [{bar:30}] {percent:>3}% {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.set_prefix(id.to_string());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(a.timeout_s);
+    loop {
+        let (status, job) = http_json(&a.api, "GET", &format!("/api/v1/jobs/{id}"), None, None)?;
+        if status != 200 {
+            bail!("job {id}: {status} {}", job.get("detail").unwrap_or(&job));
+        }
+        pb.set_position((job["progress"].as_f64().unwrap_or(0.0) * 1000.0) as u64);
+        let mut msg = job["phase"].as_str().unwrap_or("queued").to_string();
+        if let (Some(e), Some(n)) = (job["epoch"].as_u64(), job["epochs"].as_u64()) {
+            msg.push_str(&format!(" epoch {e}/{n}"));
+            if let Some(l) = job["loss"].as_f64() {
+                msg.push_str(&format!(" loss {l:.5}"));
+            }
+            if let Some(v) = job["val_loss"].as_f64() {
+                msg.push_str(&format!(" val {v:.5}"));
+            }
+        }
+        pb.set_message(msg);
+        match job["status"].as_str() {
+            Some("succeeded") => {
+                pb.finish();
+                return Ok(job["result"].clone());
+            }
+            Some("failed") => {
+                pb.abandon();
+                bail!(
+                    "job {id} failed: {}",
+                    job["error"].as_str().unwrap_or("unknown error")
+                );
+            }
+            _ => {}
+        }
+        if std::time::Instant::now() > deadline {
+            pb.abandon();
+            bail!("job {id} not done after {} s", a.timeout_s);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
 }
 
 /// Neural model kinds on the command line.
@@ -406,6 +632,21 @@ pub fn run(args: &TrainArgs) -> Result<()> {
                     c.missed_alarm_rate()
                 );
             }
+        }
+        TrainCommand::Submit(a) => {
+            let r = submit(a)?;
+            let gate = &r["gate"];
+            println!(
+                "saved {} v{} ({}): {}",
+                r["model_id"].as_str().unwrap_or("?"),
+                r["version"],
+                if r["publishable"].as_bool() == Some(true) {
+                    "publishable"
+                } else {
+                    "not publishable"
+                },
+                gate["note"].as_str().unwrap_or("")
+            );
         }
         TrainCommand::EvalNab(a) => {
             let r = experiments::nab_lstm(&a.path, a.window, a.epochs, a.seed, !a.no_edges)?;
