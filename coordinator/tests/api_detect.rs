@@ -169,7 +169,7 @@ async fn training_runs_as_a_job_and_the_new_model_serves_detect() {
 }
 
 #[tokio::test]
-async fn training_refuses_paths_outside_the_data_dir_and_unsupported_kinds() {
+async fn training_refuses_paths_outside_the_data_dir_and_too_little_data() {
     let api = start(None, None).await;
     let r = call(
         api.addr,
@@ -188,12 +188,12 @@ async fn training_refuses_paths_outside_the_data_dir_and_unsupported_kinds() {
         &[],
     )
     .await;
-    assert_eq!(r.status, 400);
+    assert_eq!(r.status, 422);
     assert!(
         r.body["detail"]
             .as_str()
             .unwrap()
-            .contains("not supported yet")
+            .contains("needs at least")
     );
     let r = call(api.addr, "GET", "/api/v1/jobs/999", None, &[]).await;
     assert_eq!(r.status, 404);
