@@ -505,24 +505,9 @@ impl Trained {
     }
 }
 
-/// The next free version of `name`: above the registered one and above any
-/// `{name}.v{N}.bundle` in the registry directory (versions saved but not active).
+/// The next free version of `name`: above every saved version, serving or not.
 pub fn next_version(registry: &ModelRegistry, name: &str) -> u64 {
-    let mut v = registry.get(name).map_or(0, |m| m.manifest.version);
-    let prefix = format!("{name}.v");
-    if let Ok(rd) = std::fs::read_dir(registry.dir()) {
-        for e in rd.flatten() {
-            let f = e.file_name().to_string_lossy().into_owned();
-            if let Some(n) = f
-                .strip_prefix(&prefix)
-                .and_then(|r| r.strip_suffix(".bundle"))
-                .and_then(|n| n.parse::<u64>().ok())
-            {
-                v = v.max(n);
-            }
-        }
-    }
-    v + 1
+    registry.next_version(name)
 }
 
 /// Scores `data` with `det`, one sample per `window` rows (non-overlapping
