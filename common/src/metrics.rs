@@ -58,8 +58,12 @@ pub const MODEL_PRECISION: &str = "anomaly_detector_model_precision";
 pub const MODEL_RECALL: &str = "anomaly_detector_model_recall";
 /// Gauge: version of the model in use (labels: `model`, and `agent` on the coordinator).
 pub const MODEL_VERSION: &str = "anomaly_detector_model_version";
-/// Counter: retraining runs (label: `result`: `published` or `failed`).
+/// Counter: retraining runs (label: `result`: `published`, `saved`, `rejected` or `failed`).
 pub const RETRAINS_TOTAL: &str = "anomaly_detector_retrains_total";
+/// Gauge: drift of a deployed model against its reference (labels: `model`, `signal`: `score` or `feature`).
+pub const MODEL_DRIFT: &str = "anomaly_detector_model_drift";
+/// Counter: rollout actions (label: `action`: `published`, `canary`, `promoted`, `rolled_back`).
+pub const ROLLOUT_ACTIONS_TOTAL: &str = "anomaly_detector_rollout_actions_total";
 
 // ---- labels
 
@@ -115,6 +119,11 @@ pub const ALL: &[(&str, &str)] = &[
     (MODEL_RECALL, "Model recall on labelled data"),
     (MODEL_VERSION, "Version of the model in use"),
     (RETRAINS_TOTAL, "Retraining runs"),
+    (
+        MODEL_DRIFT,
+        "Drift of a deployed model against its reference",
+    ),
+    (ROLLOUT_ACTIONS_TOTAL, "Model rollout actions"),
 ];
 
 /// The help text of a metric in [`ALL`], or its name when it is not listed.

@@ -27,19 +27,23 @@ use sad_common::Severity;
 
 use crate::api::alerts::{AlertBackend, AlertFilter, AlertView, BackendError, FleetBackend};
 use crate::api::models::{Jobs, RulesPublisher, RulesStore};
+use crate::api::registry::ModelEntry;
 use crate::api::registry::ModelRegistry;
 use crate::api::{ApiLimits, ApiState, AppState, HealthBoard};
 use crate::broker::start_embedded_broker;
 use crate::central::{CentralPipeline, run_central_detection};
 use crate::config::CoordinatorConfig;
+use crate::drift::{DriftConfig, DriftTracker};
 use crate::fleet::Fleet;
+use crate::gate::GateVerdict;
 use crate::intake::{IntakeConfig, run_intake_with_quality};
 use crate::kafka::{AlertSink, KafkaConfig, ensure_topics};
 use crate::metrics::CoordinatorMetrics;
 use crate::quality::Quality;
-use crate::rollout::{BundlePublisher, Rollout};
+use crate::rollout::{BundlePublisher, PublishOptions, Rollout};
 use crate::signing::Signer25519;
 use crate::store::{AlertQuery, AlertStore, StoreConfig};
+use crate::training::{CandidateSink, RetrainQueue, RetrainSettings, retrain_loop};
 
 /// Why `serve` could not start.
 #[derive(Debug, Error)]
@@ -203,6 +207,42 @@ impl BundlePublisher for MqttBundles {
     }
 }
 
+/// Hands versions from periodic retraining to the rollout: a version that
+/// passed its gate goes out (to the configured canary group first, if any)
+/// when the model is published to the fleet at all; the others stay in the
+/// registry's history.
+struct RetrainToRollout {
+    rollout: Arc<Rollout>,
+    canary_group: Option<String>,
+    metrics: CoordinatorMetrics,
+}
+
+impl CandidateSink for RetrainToRollout {
+    fn candidate(&self, entry: Arc<ModelEntry>, verdict: &GateVerdict) {
+        let name = &entry.manifest.name;
+        let result = if !verdict.publishable {
+            tracing::warn!(model = %name, version = entry.manifest.version, note = %verdict.note, "retrained version failed its quality gate; kept, not published");
+            "rejected"
+        } else if self.rollout.status(name).active.is_none() {
+            "saved"
+        } else {
+            let opts = PublishOptions {
+                version: Some(entry.manifest.version),
+                canary_group: self.canary_group.clone(),
+                force: false,
+            };
+            match self.rollout.publish(name, &opts) {
+                Ok(_) => "published",
+                Err(e) => {
+                    tracing::warn!(model = %name, error = %e, "retrained version not published");
+                    "failed"
+                }
+            }
+        };
+        self.metrics.retrains.with_label_values(&[result]).inc();
+    }
+}
+
 /// The retained topic of a model's rules: `{prefix}/config/{fleet}/{model}`.
 pub fn rules_topic(prefix: &str, fleet: &str, model: &str) -> String {
     format!("{prefix}/config/{fleet}/{model}")
@@ -258,7 +298,7 @@ pub async fn serve(
         .map_err(|e| start_err("model rollout", e))?
         .map_err(|e| start_err("model rollout", e))?
     };
-    let rollout = Arc::new(rollout);
+    let rollout = Arc::new(rollout.with_metrics(metrics.clone()));
 
     let mqtt_url = match &cfg.env.mqtt_url {
         Some(u) => u.clone(),
@@ -442,6 +482,64 @@ pub async fn serve(
         }));
     }
 
+    // Retraining on RETRAIN_INTERVAL, and drift of deployed models.
+    let retrain_queue = Arc::new(RetrainQueue::default());
+    if let Some(every) = cfg.env.retrain_interval() {
+        let sink = Arc::new(RetrainToRollout {
+            rollout: rollout.clone(),
+            canary_group: cfg.rollout.retrain_canary_group.clone(),
+            metrics: metrics.clone(),
+        });
+        tasks.push(tokio::spawn(retrain_loop(
+            registry.clone(),
+            fleet.clone(),
+            RetrainSettings::every(every),
+            sink,
+            Some(retrain_queue.clone()),
+            shutdown.clone(),
+        )));
+    }
+    {
+        let mut tracker = DriftTracker::new(DriftConfig {
+            retrain_on_drift: cfg.rollout.retrain_on_drift,
+            ..DriftConfig::default()
+        });
+        let (reg, fleet, m, q, stop) = (
+            registry.clone(),
+            fleet.clone(),
+            metrics.clone(),
+            retrain_queue.clone(),
+            shutdown.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                for s in tracker.assess(&reg, &fleet) {
+                    for (signal, v) in [("score", s.score_shift), ("feature", s.feature_shift)] {
+                        if let Some(v) = v {
+                            m.model_drift.with_label_values(&[&s.model, signal]).set(v);
+                        }
+                    }
+                    if s.drifted {
+                        tracing::warn!(model = %s.model, version = s.version, score_shift = ?s.score_shift, feature_shift = ?s.feature_shift, "model drift");
+                    }
+                    if s.retrain {
+                        q.request(&s.model);
+                    }
+                }
+            }
+        }));
+    }
+    let training_sources = Arc::new(crate::api::models::TrainingSources {
+        fleet: Some(fleet.clone()),
+        kafka: KafkaConfig::from_env(&cfg.env),
+        gate: crate::gate::GateConfig::default(),
+    });
+
     let state: AppState = Arc::new(ApiState {
         registry,
         metrics: metrics.clone(),
@@ -473,7 +571,7 @@ pub async fn serve(
         .local_addr()
         .map_err(|e| start_err("prometheus", e))?;
 
-    let router = crate::api::router(state.clone());
+    let router = crate::api::router(state.clone()).layer(axum::Extension(training_sources));
     let stop = shutdown.clone();
     tasks.push(tokio::spawn(async move {
         if let Err(e) = axum::serve(api_listener, router)

@@ -84,6 +84,12 @@ pub struct RolloutSettings {
     pub max_median_shift: f64,
     /// Promote and roll back automatically (default true); manual endpoints work either way.
     pub auto: bool,
+    /// Group that versions from `RETRAIN_INTERVAL` retraining go to first
+    /// (default none: a retrained version that passes its gate goes to the
+    /// whole fleet, if the model is published at all).
+    pub retrain_canary_group: Option<String>,
+    /// Ask for retraining when a deployed model drifts (default false).
+    pub retrain_on_drift: bool,
 }
 
 impl Default for RolloutSettings {
@@ -99,6 +105,8 @@ impl Default for RolloutSettings {
             rate_margin: d.rate_margin,
             max_median_shift: d.max_median_shift,
             auto: d.auto,
+            retrain_canary_group: None,
+            retrain_on_drift: false,
         }
     }
 }
@@ -134,6 +142,14 @@ impl RolloutSettings {
             if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
                 return bad(key, "must be in [0, 1]");
             }
+        }
+        if let Some(g) = &self.retrain_canary_group
+            && sad_common::wire::validate_id("group", g).is_err()
+        {
+            return bad(
+                "rollout.retrain_canary_group",
+                "must be an id ([A-Za-z0-9_.-])",
+            );
         }
         Ok(())
     }

@@ -47,6 +47,14 @@ pub struct CoordinatorMetrics {
     pub intake_lag: HistogramVec,
     /// Alerts held in the store.
     pub stored_alerts: Gauge,
+    /// Version active on the fleet topic, per model.
+    pub active_model_version: IntGaugeVec,
+    /// Drift per model and signal (`score`, `feature`).
+    pub model_drift: GaugeVec,
+    /// Rollout actions by action.
+    pub rollout_actions: IntCounterVec,
+    /// Retraining outcomes by result.
+    pub retrains: IntCounterVec,
 }
 
 impl CoordinatorMetrics {
@@ -143,6 +151,22 @@ impl CoordinatorMetrics {
             stored_alerts: reg!(Gauge::new(
                 "anomaly_detector_stored_alerts",
                 "Alerts held in the coordinator's store"
+            )?),
+            active_model_version: reg!(IntGaugeVec::new(
+                Opts::new(m::MODEL_VERSION, help(m::MODEL_VERSION)),
+                &[ms]
+            )?),
+            model_drift: reg!(GaugeVec::new(
+                Opts::new(m::MODEL_DRIFT, help(m::MODEL_DRIFT)),
+                &[ms, "signal"]
+            )?),
+            rollout_actions: reg!(IntCounterVec::new(
+                Opts::new(m::ROLLOUT_ACTIONS_TOTAL, help(m::ROLLOUT_ACTIONS_TOTAL)),
+                &["action"]
+            )?),
+            retrains: reg!(IntCounterVec::new(
+                Opts::new(m::RETRAINS_TOTAL, help(m::RETRAINS_TOTAL)),
+                &[m::LABEL_RESULT]
             )?),
             registry,
         })

@@ -235,10 +235,11 @@ pub struct Rollout {
     state: Mutex<Persisted>,
     path: PathBuf,
     topics: Topics,
+    metrics: Option<crate::metrics::CoordinatorMetrics>,
 }
 
 fn gate_failed(m: &ModelManifest) -> bool {
-    m.training.metrics.get(GATE_PASSED_METRIC) == Some(&0.0)
+    !crate::gate::publishable(m)
 }
 
 impl Rollout {
@@ -276,7 +277,32 @@ impl Rollout {
             state: Mutex::new(state),
             path,
             topics,
+            metrics: None,
         })
+    }
+
+    /// Counts actions and exports active versions in `m`.
+    pub fn with_metrics(mut self, m: crate::metrics::CoordinatorMetrics) -> Self {
+        for (name, r) in self.all() {
+            if let Some(v) = r.active {
+                m.active_model_version
+                    .with_label_values(&[&name])
+                    .set(v as i64);
+            }
+        }
+        self.metrics = Some(m);
+        self
+    }
+
+    fn count(&self, action: &str, name: &str, active: Option<u64>) {
+        if let Some(m) = &self.metrics {
+            m.rollout_actions.with_label_values(&[action]).inc();
+            if let Some(v) = active {
+                m.active_model_version
+                    .with_label_values(&[name])
+                    .set(v as i64);
+            }
+        }
     }
 
     /// The settings.
@@ -456,6 +482,15 @@ impl Rollout {
             self.registry.serve_version(name, version)?;
         }
         self.send(&target, name, bytes)?;
+        self.count(
+            if next.canary.is_some() {
+                "canary"
+            } else {
+                "published"
+            },
+            name,
+            next.active,
+        );
         tracing::info!(model = %name, version, %target, "model published");
         Ok(next)
     }
@@ -495,6 +530,7 @@ impl Rollout {
         self.registry.serve_version(name, canary.version)?;
         self.send(&self.cfg.fleet, name, bytes)?;
         self.send(&canary.group, name, Vec::new())?;
+        self.count("promoted", name, next.active);
         tracing::info!(model = %name, version = canary.version, reason, "canary promoted");
         Ok(next)
     }
@@ -580,6 +616,7 @@ impl Rollout {
         if let Some(g) = group {
             self.send(&g, name, Vec::new())?;
         }
+        self.count("rolled_back", name, next.active);
         tracing::warn!(model = %name, from, restored = ?restore, new_version = ?new_version, reason, "model rolled back");
         Ok(next)
     }

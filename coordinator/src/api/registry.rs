@@ -153,6 +153,8 @@ pub struct ModelRegistry {
     models: RwLock<HashMap<String, Arc<ModelEntry>>>,
     history: RwLock<HashMap<String, BTreeMap<u64, ModelManifest>>>,
     pinned: RwLock<HashMap<String, u64>>,
+    /// Highest version per name seen in file names, readable or not.
+    reserved: RwLock<HashMap<String, u64>>,
 }
 
 impl ModelRegistry {
@@ -163,6 +165,7 @@ impl ModelRegistry {
             models: RwLock::new(HashMap::new()),
             history: RwLock::new(HashMap::new()),
             pinned: RwLock::new(HashMap::new()),
+            reserved: RwLock::new(HashMap::new()),
         }
     }
 
@@ -181,29 +184,40 @@ impl ModelRegistry {
             path: reg.dir.clone(),
             source,
         })?;
-        let mut newest: HashMap<String, (u64, ModelBundle, PathBuf)> = HashMap::new();
+        // Every readable version, by name; the highest that builds serves.
+        let mut found: HashMap<String, BTreeMap<u64, (ModelBundle, PathBuf)>> = HashMap::new();
         for e in rd.flatten() {
             let path = e.path();
             if path.extension().and_then(|s| s.to_str()) != Some("bundle") {
                 continue;
             }
+            if let Some((name, v)) = parse_version_file(&path) {
+                reg.reserve(&name, v);
+            }
             match read_bundle(&path) {
                 Ok(bundle) => {
                     let m = &bundle.manifest;
                     reg.record_history(m.clone());
-                    let keep = newest.get(&m.name).is_some_and(|(v, _, _)| *v > m.version);
-                    if !keep {
-                        newest.insert(m.name.clone(), (m.version, bundle, path));
-                    }
+                    found
+                        .entry(m.name.clone())
+                        .or_default()
+                        .insert(m.version, (bundle, path));
                 }
                 Err(e) => tracing::warn!(path = %path.display(), error = %e, "skipping model file"),
             }
         }
-        for (_, (_, bundle, path)) in newest {
-            match detector_from_parts(&bundle.manifest, &bundle.payload) {
-                Ok(d) => reg.insert(ModelEntry::new(bundle.manifest, Arc::from(d))),
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "model file does not build; skipping")
+        for (_, versions) in found {
+            for (_, (bundle, path)) in versions.into_iter().rev() {
+                match detector_from_parts(&bundle.manifest, &bundle.payload) {
+                    Ok(d) => {
+                        reg.insert(ModelEntry::new(bundle.manifest, Arc::from(d)));
+                        break;
+                    }
+                    Err(e) => tracing::warn!(
+                        path = %path.display(),
+                        error = %e,
+                        "model file does not build; trying the version before it"
+                    ),
                 }
             }
         }
@@ -242,22 +256,39 @@ impl ModelRegistry {
         self.insert_arc(Arc::new(entry));
     }
 
-    /// The next unused version of `name` (1 for a new name).
+    fn reserve(&self, name: &str, version: u64) {
+        let mut r = self.reserved.write().unwrap_or_else(|e| e.into_inner());
+        let v = r.entry(name.to_string()).or_default();
+        *v = (*v).max(version);
+    }
+
+    /// The next unused version of `name` (1 for a new name): above every
+    /// version saved, and above every version file found, even unreadable ones.
     pub fn next_version(&self, name: &str) -> u64 {
-        self.history
+        let saved = self
+            .history
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
             .and_then(|v| v.keys().next_back().copied())
-            .map_or(1, |v| v + 1)
+            .unwrap_or(0);
+        let seen = self
+            .reserved
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .copied()
+            .unwrap_or(0);
+        saved.max(seen) + 1
     }
 
     /// Builds the detector, writes the bundle file and registers the version. Blocking.
     ///
-    /// A version that already exists is never overwritten: the manifest is
-    /// renumbered to [`ModelRegistry::next_version`] first. The new version
-    /// serves unless the name is pinned to another one. Returns the saved
-    /// version's entry.
+    /// A version that already exists (as a readable or unreadable file) is
+    /// never overwritten: the manifest is renumbered to the next free version
+    /// first. The new version serves unless the name is pinned to another one
+    /// or it failed its quality gate while another version serves. Returns
+    /// the saved version's entry.
     pub fn save(
         &self,
         mut manifest: ModelManifest,
@@ -268,8 +299,11 @@ impl ModelRegistry {
             name: name.clone(),
             reason,
         };
-        let next = self.next_version(&name);
-        if manifest.version < next {
+        let mut next = self.next_version(&name);
+        while self.version_path(&name, next).exists() {
+            next += 1;
+        }
+        if manifest.version < next || self.version_path(&name, manifest.version).exists() {
             tracing::info!(model = %name, asked = manifest.version, version = next, "version taken; saving as the next one");
             manifest.version = next;
         }
@@ -286,9 +320,15 @@ impl ModelRegistry {
         let bytes = frame::encode_checked(&bundle).map_err(|e| model_err(e.to_string()))?;
         let path = self.version_path(&name, bundle.manifest.version);
         write_file_atomic(&self.dir, &path, &bytes)?;
+        self.reserve(&name, bundle.manifest.version);
         self.record_history(bundle.manifest.clone());
+        let publishable = crate::gate::publishable(&bundle.manifest);
         let entry = Arc::new(ModelEntry::new(bundle.manifest, Arc::from(detector)));
-        self.insert_arc(entry.clone());
+        // A version that failed its quality gate is kept in the history but
+        // does not replace a serving version.
+        if publishable || self.get(&name).is_none() {
+            self.insert_arc(entry.clone());
+        }
         Ok(entry)
     }
 
@@ -449,6 +489,13 @@ fn write_file_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), Regist
     Ok(())
 }
 
+/// `(name, version)` of a `{name}.v{version}.bundle` file name.
+fn parse_version_file(path: &Path) -> Option<(String, u64)> {
+    let stem = path.file_name()?.to_str()?.strip_suffix(".bundle")?;
+    let (name, v) = stem.rsplit_once(".v")?;
+    Some((name.to_string(), v.parse().ok()?))
+}
+
 fn read_bundle(path: &Path) -> Result<ModelBundle, RegistryError> {
     let bytes = std::fs::read(path).map_err(|source| RegistryError::Io {
         path: path.to_path_buf(),
@@ -606,5 +653,32 @@ mod tests {
         assert_eq!(again.versions(DEFAULT_MODEL).len(), 3);
         assert_eq!(again.get(DEFAULT_MODEL).unwrap().manifest.version, 3);
         assert!(again.load_version(DEFAULT_MODEL, 9).is_err());
+    }
+
+    #[test]
+    fn an_unreadable_newest_file_is_never_overwritten_and_an_older_version_serves() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = ModelRegistry::open(dir.path()).unwrap();
+        let (m, p) = train_default().unwrap();
+        reg.save(m.clone(), p.clone()).unwrap(); // v2
+        let v2 = dir.path().join(format!("{DEFAULT_MODEL}.v2.bundle"));
+        std::fs::write(&v2, b"damaged").unwrap();
+        let again = ModelRegistry::open(dir.path()).unwrap();
+        assert_eq!(again.get(DEFAULT_MODEL).unwrap().manifest.version, 1);
+        assert_eq!(again.next_version(DEFAULT_MODEL), 3);
+        assert_eq!(again.save(m, p).unwrap().manifest.version, 3);
+        assert_eq!(std::fs::read(&v2).unwrap(), b"damaged");
+    }
+
+    #[test]
+    fn a_version_that_failed_its_gate_is_kept_but_does_not_serve() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = ModelRegistry::open(dir.path()).unwrap();
+        let (mut m, p) = train_default().unwrap();
+        m.training.metrics.insert("gate_publishable".into(), 0.0);
+        let e = reg.save(m, p).unwrap();
+        assert_eq!(e.manifest.version, 2);
+        assert_eq!(reg.get(DEFAULT_MODEL).unwrap().manifest.version, 1);
+        assert_eq!(reg.versions(DEFAULT_MODEL).len(), 2);
     }
 }
