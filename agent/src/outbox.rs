@@ -518,9 +518,17 @@ impl Outbox {
         let freed: u64 = victims.iter().map(|v| v.2).sum();
         inner.last_seq.store(last, Ordering::Relaxed);
         inner.dropped.store(dropped_total, Ordering::Relaxed);
-        inner
-            .depth
-            .fetch_add(seqs.len() as u64 - dropped_now, Ordering::Relaxed);
+        // One large new alert can push out several small ones: depth may shrink.
+        let appended = seqs.len() as u64;
+        if appended >= dropped_now {
+            inner
+                .depth
+                .fetch_add(appended - dropped_now, Ordering::Relaxed);
+        } else {
+            inner
+                .depth
+                .fetch_sub(dropped_now - appended, Ordering::Relaxed);
+        }
         inner
             .bytes
             .store(current + added - freed, Ordering::Relaxed);
@@ -925,6 +933,40 @@ pub(crate) mod tests {
         let ob = Outbox::open(&c, "edge-1", None).unwrap();
         assert_eq!(ob.dropped(), 5);
         assert!(ob.verify().unwrap().is_ok());
+    }
+
+    #[test]
+    fn an_append_that_drops_more_alerts_than_it_adds_lowers_the_depth() {
+        // Regression: depth was updated with `added - dropped`, which
+        // overflowed (a panic in debug builds, stopping the pipeline) when one
+        // large alert pushed out several small ones.
+        let dir = tempfile::tempdir().unwrap();
+        let small = |seq| {
+            (frame::encode(&Alert {
+                agent_id: "edge-1".into(),
+                seq,
+                ..alert(Severity::Info, "s")
+            })
+            .unwrap()
+            .len()
+                + 8) as u64
+        };
+        let c = OutboxConfig {
+            path: dir.path().join("ob"),
+            max_bytes: small(1) * 4,
+        };
+        let ob = Outbox::open(&c, "edge-1", None).unwrap();
+        ob.append((0..4).map(|_| alert(Severity::Info, "s")).collect())
+            .unwrap();
+        assert_eq!(ob.depth(), 4);
+        // Twice the size of a small alert: two small ones must go.
+        let mut big = alert(Severity::Critical, "s");
+        big.series = "x".repeat(small(5) as usize);
+        ob.append(vec![big]).unwrap();
+        assert_eq!(ob.dropped(), 2);
+        assert_eq!(ob.depth(), 3);
+        assert_eq!(seqs(&ob.inspect(10).unwrap()), vec![3, 4, 5]);
+        assert!(ob.bytes() <= c.max_bytes);
     }
 
     #[test]
