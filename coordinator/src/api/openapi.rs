@@ -26,14 +26,18 @@ fn schemas() -> Value {
             "type": "object",
             "required": ["training_data"],
             "properties": {
-                "model_type": {"type": "string", "default": "isolation_forest"},
+                "model_type": {"type": "string", "default": "isolation_forest", "enum": ["isolation_forest", "autoencoder", "lstm", "vae", "half_space_trees", "ewma"]},
                 "training_data": {"oneOf": [
                     {"type": "string", "description": "csv path inside the data directory"},
-                    {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}
+                    {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+                    {"type": "object", "description": "{\"source\": \"csv\" | \"rows\" | \"fleet_samples\" | \"kafka\", ...}"}
                 ]},
-                "parameters": {"type": "object"},
+                "holdout": {"description": "held-back data for the quality gate (same forms); default the last 20% of the training data"},
+                "parameters": {"type": "object", "description": "per kind: n_estimators, max_samples, contamination, ... or epochs, lr, window, seed"},
                 "model_id": {"type": "string"},
-                "label_column": {"type": "string", "default": "label"}
+                "label_column": {"type": "string", "default": "label"},
+                "threshold": {"type": "number", "minimum": 0, "maximum": 1, "description": "calibrated threshold instead of the fitted one"},
+                "gate": {"type": "boolean", "default": true, "description": "run the quality gate against the serving version"}
             }
         },
         "RulesConfig": {
