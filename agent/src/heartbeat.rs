@@ -5,13 +5,13 @@
 //! Nothing here is persisted; counters restart at zero with the process.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sad_common::wire::{ScoreSummary, limits, validate_id};
-use sad_common::{Heartbeat, ModelStatus, Samples};
+use sad_common::{Heartbeat, LabelCounts, LabelledOutcomes, ModelStatus, Samples};
 
 /// Event counters shared by the pipeline (which increments them) and the heartbeat.
 #[derive(Clone, Default, Debug)]
@@ -22,9 +22,42 @@ pub struct Counters {
     pub anomalies: Arc<AtomicU64>,
     /// Inputs skipped as bad.
     pub bad_input: Arc<AtomicU64>,
+    /// Outcomes on labelled events per model, published for fleet-wide recall.
+    pub labelled: Arc<Mutex<BTreeMap<String, LabelledOutcomes>>>,
 }
 
 impl Counters {
+    /// Counts one labelled event of `model`: whether it was anomalous and whether it was flagged.
+    pub fn record_labelled(&self, model: &str, anomalous: bool, flagged: bool) {
+        let mut m = self.labelled.lock().unwrap_or_else(|e| e.into_inner());
+        if !m.contains_key(model) && m.len() >= limits::MAX_MODELS_PER_HEARTBEAT {
+            return;
+        }
+        let o = m.entry(model.to_string()).or_insert(LabelledOutcomes {
+            anomalies: 0,
+            detected: 0,
+            normal: 0,
+            false_alarms: 0,
+        });
+        if anomalous {
+            o.anomalies += 1;
+            o.detected += u64::from(flagged);
+        } else {
+            o.normal += 1;
+            o.false_alarms += u64::from(flagged);
+        }
+    }
+
+    /// The labelled-event counters as a [`LabelCounts`] message, `None` before any labelled event.
+    pub fn label_counts(&self, agent_id: &str, started_ms: i64) -> Option<LabelCounts> {
+        let m = self.labelled.lock().unwrap_or_else(|e| e.into_inner());
+        (!m.is_empty()).then(|| LabelCounts {
+            agent_id: agent_id.to_string(),
+            started_ms,
+            models: m.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        })
+    }
+
     /// `(events, anomalies, bad_input)` now.
     pub fn snapshot(&self) -> (u64, u64, u64) {
         (
@@ -265,6 +298,13 @@ pub fn build_heartbeat(
         group: inputs.group,
         score_summary: scores,
     }
+}
+
+/// When this process first asked, in ms since the epoch: the epoch of the
+/// labelled-event counters, which restart with the process.
+pub fn process_started_ms() -> i64 {
+    static START: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *START.get_or_init(now_ms)
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).

@@ -673,6 +673,7 @@ impl Pipeline {
                 if flagged == label {
                     e.0 += 1;
                 }
+                self.counters.record_labelled(name, label, flagged);
                 if let Some(hook) = self.label_hook.as_mut() {
                     hook(name, label, flagged);
                 }

@@ -250,6 +250,7 @@ struct TopicSet {
     acks: String,
     status: String,
     samples: String,
+    quality: String,
     fleet_filter: String,
     group_filter: Option<String>,
     /// `{prefix}/config/{fleet}/` (+ model): rule settings from the coordinator.
@@ -264,6 +265,7 @@ fn topic_set(cfg: &UplinkConfig, agent_id: &str) -> Result<TopicSet, UplinkError
         acks: topics.acks(agent_id).map_err(c)?,
         status: topics.status(agent_id).map_err(c)?,
         samples: topics.samples(agent_id).map_err(c)?,
+        quality: topics.quality(agent_id).map_err(c)?,
         fleet_filter: topics.model_filter(&cfg.fleet).map_err(c)?,
         config_prefix: format!(
             "{}/config/{}/",
@@ -446,6 +448,8 @@ pub async fn run_uplink(
         return Err(UplinkError::Config("group must differ from fleet".into()));
     }
     let started = Instant::now();
+    let started_ms = crate::heartbeat::process_started_ms();
+    let mut last_counts: Option<sad_common::LabelCounts> = None;
     let status = |online: bool| -> Heartbeat {
         let scores = shared
             .scores
@@ -631,6 +635,19 @@ pub async fn run_uplink(
                 if connected {
                     let hb = encode_status(&status(true));
                     let _ = client.try_publish(topics.status.clone(), QoS::AtLeastOnce, true, hb);
+                    // Cumulative labelled-event counters, retained, when they changed.
+                    if let Some(c) = shared.counters.label_counts(&agent_id, started_ms)
+                        && Some(&c) != last_counts.as_ref()
+                    {
+                        match frame::encode_checked(&c) {
+                            Ok(bytes) => {
+                                if client.try_publish(topics.quality.clone(), QoS::AtLeastOnce, true, bytes).is_ok() {
+                                    last_counts = Some(c);
+                                }
+                            }
+                            Err(e) => tracing::warn!(error = %e, "dropping unencodable label counts"),
+                        }
+                    }
                 }
             }
             _ = samples.tick() => {

@@ -15,8 +15,8 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 use crate::wire::{
-    Ack, Alert, AlertBatch, Event, FeatureVector, Heartbeat, ModelBundle, ModelManifest, Samples,
-    WireError, limits,
+    Ack, Alert, AlertBatch, Event, FeatureVector, Heartbeat, LabelCounts, ModelBundle,
+    ModelManifest, Samples, WireError, limits,
 };
 
 /// Version of the frame layout; the first byte of every frame.
@@ -104,6 +104,7 @@ impl_wire! {
     Ack => limits::MAX_ACK_FRAME_BYTES,
     Heartbeat => limits::MAX_HEARTBEAT_FRAME_BYTES,
     Samples => limits::MAX_SAMPLES_FRAME_BYTES,
+    LabelCounts => limits::MAX_HEARTBEAT_FRAME_BYTES,
     ModelManifest => limits::MAX_MANIFEST_FRAME_BYTES,
     ModelBundle => limits::MAX_BUNDLE_FRAME_BYTES,
 }

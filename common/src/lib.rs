@@ -25,6 +25,6 @@ pub use model_kind::ModelKind;
 pub use topics::{TopicError, TopicKind, Topics};
 pub use wire::{
     Ack, Alert, AlertBatch, AlertId, AlertRecord, Event, FeatureContribution, FeatureVector,
-    Heartbeat, ModelBundle, ModelManifest, ModelStatus, Samples, ScoreSummary, Severity,
-    TrainingInfo, WireError,
+    Heartbeat, LabelCounts, LabelledOutcomes, ModelBundle, ModelManifest, ModelStatus, Samples,
+    ScoreSummary, Severity, TrainingInfo, WireError,
 };

@@ -5,6 +5,7 @@
 //! {p}/agents/{agent_id}/acks      coordinator → agent, Ack
 //! {p}/agents/{agent_id}/status    Heartbeat; the last will marks the agent offline
 //! {p}/agents/{agent_id}/samples   Samples for retraining
+//! {p}/agents/{agent_id}/quality   LabelCounts (labelled-event outcomes, for recall)
 //! {p}/models/{fleet}/{model}      retained ModelBundle (fleet or canary group)
 //! ```
 //!
@@ -76,6 +77,11 @@ pub enum TopicKind {
     /// `{p}/agents/{agent_id}/samples`.
     Samples {
         /// The sampling agent.
+        agent_id: String,
+    },
+    /// `{p}/agents/{agent_id}/quality`.
+    Quality {
+        /// The reporting agent.
         agent_id: String,
     },
     /// `{p}/models/{fleet}/{model}`.
@@ -168,6 +174,16 @@ impl Topics {
         self.agent_topic(agent_id, "samples")
     }
 
+    /// `{p}/agents/{agent_id}/quality`: labelled-event counters, for recall.
+    pub fn quality(&self, agent_id: &str) -> Result<String, TopicError> {
+        self.agent_topic(agent_id, "quality")
+    }
+
+    /// `{p}/agents/+/quality`: labelled-event counters of every agent.
+    pub fn all_quality(&self) -> String {
+        format!("{}/agents/+/quality", self.prefix)
+    }
+
     /// `{p}/models/{fleet_or_group}/{model}`: the retained bundle of one model.
     pub fn model(&self, fleet_or_group: &str, model: &str) -> Result<String, TopicError> {
         id("fleet", fleet_or_group)?;
@@ -238,6 +254,7 @@ impl Topics {
                     "acks" => TopicKind::Acks { agent_id },
                     "status" => TopicKind::Status { agent_id },
                     "samples" => TopicKind::Samples { agent_id },
+                    "quality" => TopicKind::Quality { agent_id },
                     _ => return Err(unknown()),
                 };
                 id("agent id", agent)?;
@@ -262,6 +279,7 @@ impl Topics {
             TopicKind::Acks { agent_id } => self.acks(agent_id),
             TopicKind::Status { agent_id } => self.status(agent_id),
             TopicKind::Samples { agent_id } => self.samples(agent_id),
+            TopicKind::Quality { agent_id } => self.quality(agent_id),
             TopicKind::Model { fleet, model } => self.model(fleet, model),
         }
     }
@@ -382,6 +400,7 @@ mod tests {
                 TopicKind::Acks { agent_id: agent.clone() },
                 TopicKind::Status { agent_id: agent.clone() },
                 TopicKind::Samples { agent_id: agent.clone() },
+                TopicKind::Quality { agent_id: agent.clone() },
                 TopicKind::Model { fleet, model },
             ];
             for kind in kinds {

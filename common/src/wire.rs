@@ -707,6 +707,55 @@ impl Heartbeat {
     }
 }
 
+/// Cumulative outcomes of one model on an agent's labelled events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelledOutcomes {
+    /// Labelled anomalous events scored.
+    pub anomalies: u64,
+    /// Of those, flagged by the model.
+    pub detected: u64,
+    /// Labelled normal events scored.
+    pub normal: u64,
+    /// Of those, flagged by the model.
+    pub false_alarms: u64,
+}
+
+/// An agent's labelled-event counters per model since it started, for fleet-wide recall
+/// (`{p}/agents/{agent_id}/quality`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelCounts {
+    /// Agent id.
+    pub agent_id: String,
+    /// Agent start time in ms since the epoch: counters restart when it changes.
+    pub started_ms: i64,
+    /// `(model name, outcomes)`.
+    #[serde(deserialize_with = "capped::vec::<_, _, { limits::MAX_MODELS_PER_HEARTBEAT }>")]
+    pub models: Vec<(String, LabelledOutcomes)>,
+}
+
+impl LabelCounts {
+    /// Checks ids, the model cap and that detections never exceed their totals.
+    pub fn validate(&self) -> Result<(), WireError> {
+        validate_id("agent_id", &self.agent_id)?;
+        check_len(
+            "models",
+            self.models.len(),
+            limits::MAX_MODELS_PER_HEARTBEAT,
+            "items",
+        )?;
+        for (name, o) in &self.models {
+            validate_id("models.name", name)?;
+            if o.detected > o.anomalies || o.false_alarms > o.normal {
+                return Err(WireError::invalid(
+                    "models",
+                    "flagged events exceed the labelled events",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Reservoir samples of an agent's recent feature rows, for retraining.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Samples {

@@ -43,7 +43,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, Publish, QoS};
-use sad_common::{Ack, AlertBatch, Heartbeat, Samples, TopicError, TopicKind, Topics, frame};
+use sad_common::{
+    Ack, AlertBatch, Heartbeat, LabelCounts, Samples, TopicError, TopicKind, Topics, frame,
+};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -204,6 +206,21 @@ impl Ctx {
                     Ok(hb) if hb.agent_id == agent_id => self.fleet.record(hb, now_ms()),
                     Ok(hb) => self.reject("agent_mismatch", &p.topic, &hb.agent_id),
                     Err(e) => self.reject("status", &p.topic, &e),
+                }
+                true
+            }
+            TopicKind::Quality { agent_id } => {
+                if p.payload.is_empty() {
+                    return true;
+                }
+                match frame::decode::<LabelCounts>(&p.payload) {
+                    Ok(c) if c.agent_id == agent_id => {
+                        if let Some(q) = &self.quality {
+                            q.record_agent_counts(&c);
+                        }
+                    }
+                    Ok(c) => self.reject("agent_mismatch", &p.topic, &c.agent_id),
+                    Err(e) => self.reject("quality", &p.topic, &e),
                 }
                 true
             }
@@ -393,11 +410,14 @@ pub async fn run_intake_with_quality(
             topics.shared_alerts(&format!("{g}.alerts"))?,
             topics.shared_status(&format!("{g}.status"))?,
             topics.shared_samples(&format!("{g}.samples"))?,
+            // Cumulative counters, retained: every replica reads them all.
+            topics.all_quality(),
         ],
         None => vec![
             topics.all_alerts(),
             topics.all_status(),
             topics.all_samples(),
+            topics.all_quality(),
         ],
     };
     let opts = mqtt_options(&cfg)?;

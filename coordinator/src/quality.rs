@@ -8,14 +8,22 @@
 //!   which overrides the alert's own label; changing one's mind moves the
 //!   alert from one column to the other instead of counting it twice.
 //!
+//! - **agents' labelled streams**: agents count their labelled events per
+//!   model and publish the cumulative counters (`LabelCounts`, retained on
+//!   `{p}/agents/{id}/quality`); the coordinator adds what changed since the
+//!   agent's previous report (all of it after the agent restarted), so
+//!   fleet-wide recall covers the edge too.
+//!
 //! precision = TP / (TP + FP) over judged alerts;
 //! recall = labelled anomalies detected / labelled anomalies, known only when
 //! labelled events were seen. Both are `None` until they have a denominator.
 //! Models are bounded by [`MAX_MODELS`] so a hostile model name cannot grow
 //! the map (or the Prometheus label set) without limit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+
+use sad_common::{LabelCounts, LabelledOutcomes};
 
 use serde::Serialize;
 
@@ -87,6 +95,8 @@ pub struct ModelQuality {
 pub struct Quality {
     models: Mutex<BTreeMap<String, ModelCounts>>,
     metrics: Option<CoordinatorMetrics>,
+    /// Last counters per (agent, model), with the agent's start time.
+    agents: Mutex<HashMap<(String, String), (i64, LabelledOutcomes)>>,
 }
 
 impl Quality {
@@ -95,6 +105,7 @@ impl Quality {
         Self {
             models: Mutex::new(BTreeMap::new()),
             metrics,
+            agents: Mutex::new(HashMap::new()),
         }
     }
 
@@ -166,6 +177,51 @@ impl Quality {
                 c.labelled_false_alarms += u64::from(flagged);
             }
         });
+    }
+
+    /// An agent's cumulative labelled-event counters: adds what changed since
+    /// its previous report (everything when it restarted or is new).
+    pub fn record_agent_counts(&self, counts: &LabelCounts) {
+        for (model, now) in &counts.models {
+            let delta = {
+                let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+                let key = (counts.agent_id.clone(), model.clone());
+                let prev = agents.insert(key, (counts.started_ms, *now));
+                match prev {
+                    Some((started, p))
+                        if started == counts.started_ms
+                            && now.anomalies >= p.anomalies
+                            && now.detected >= p.detected
+                            && now.normal >= p.normal
+                            && now.false_alarms >= p.false_alarms =>
+                    {
+                        LabelledOutcomes {
+                            anomalies: now.anomalies - p.anomalies,
+                            detected: now.detected - p.detected,
+                            normal: now.normal - p.normal,
+                            false_alarms: now.false_alarms - p.false_alarms,
+                        }
+                    }
+                    _ => *now,
+                }
+            };
+            if delta
+                == (LabelledOutcomes {
+                    anomalies: 0,
+                    detected: 0,
+                    normal: 0,
+                    false_alarms: 0,
+                })
+            {
+                continue;
+            }
+            self.update(model, |c| {
+                c.labelled_anomalies += delta.anomalies;
+                c.labelled_detected += delta.detected;
+                c.labelled_normal += delta.normal;
+                c.labelled_false_alarms += delta.false_alarms;
+            });
+        }
     }
 
     /// The counters of one model.
@@ -260,5 +316,34 @@ mod tests {
         }
         assert!(q.snapshot().len() <= MAX_MODELS + 1);
         assert!(q.get(OTHER_MODEL).unwrap().false_positives >= 10);
+    }
+
+    #[test]
+    fn agent_counters_add_their_increase_and_restart_from_zero_after_a_restart() {
+        let q = Quality::new(None);
+        let report = |started_ms, anomalies, detected, normal, false_alarms| LabelCounts {
+            agent_id: "a1".into(),
+            started_ms,
+            models: vec![(
+                "m".into(),
+                LabelledOutcomes {
+                    anomalies,
+                    detected,
+                    normal,
+                    false_alarms,
+                },
+            )],
+        };
+        q.record_agent_counts(&report(1, 4, 2, 100, 5));
+        q.record_agent_counts(&report(1, 4, 2, 100, 5)); // a repeat adds nothing
+        q.record_agent_counts(&report(1, 10, 6, 200, 7));
+        let c = q.get("m").unwrap();
+        assert_eq!((c.labelled_anomalies, c.labelled_detected), (10, 6));
+        assert_eq!((c.labelled_normal, c.labelled_false_alarms), (200, 7));
+        // the agent restarted: its counters start again and add in full
+        q.record_agent_counts(&report(2, 2, 2, 10, 0));
+        let c = q.get("m").unwrap();
+        assert_eq!((c.labelled_anomalies, c.labelled_detected), (12, 8));
+        assert!((c.recall().unwrap() - 8.0 / 12.0).abs() < 1e-12);
     }
 }

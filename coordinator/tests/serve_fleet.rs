@@ -103,6 +103,14 @@ async fn serve_on_embedded_defaults_stores_and_acks_an_agents_alerts() {
 
     let shared = agent_parts(dir.path(), "edge-1");
     let outbox = shared.outbox.clone();
+    // the agent's pipeline saw labelled events: 4 anomalies (3 flagged), 10 normal (1 flagged)
+    let counters = shared.counters.clone();
+    for (anomalous, flagged) in [(true, true), (true, true), (true, true), (true, false)] {
+        counters.record_labelled("iforest", anomalous, flagged);
+    }
+    for i in 0..10 {
+        counters.record_labelled("iforest", false, i == 0);
+    }
     let seqs = outbox.append((0..40).map(alert).collect()).unwrap();
     assert_eq!(seqs, (1..=40).collect::<Vec<u64>>());
     let uplink_cfg = UplinkConfig {
@@ -132,6 +140,35 @@ async fn serve_on_embedded_defaults_stores_and_acks_an_agents_alerts() {
         fleet.agents().iter().any(|a| a.agent_id == "edge-1")
     })
     .await;
+    // fleet-wide recall from the agent's labelled-event counters
+    let quality = running.state.quality.clone();
+    wait_for(
+        "the agent's labelled counts",
+        Duration::from_secs(30),
+        || {
+            quality
+                .get("iforest")
+                .is_some_and(|c| c.labelled_anomalies == 4)
+        },
+    )
+    .await;
+    counters.record_labelled("iforest", true, true);
+    wait_for("the increase only", Duration::from_secs(30), || {
+        quality
+            .get("iforest")
+            .is_some_and(|c| c.labelled_anomalies == 5)
+    })
+    .await;
+    let c = quality.get("iforest").unwrap();
+    assert_eq!(
+        (
+            c.labelled_detected,
+            c.labelled_normal,
+            c.labelled_false_alarms
+        ),
+        (4, 10, 1)
+    );
+    assert_eq!(c.recall(), Some(0.8));
 
     agent_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), uplink).await;
