@@ -237,6 +237,31 @@ async fn canary_promotes_a_healthy_version_and_rolls_back_one_that_flags_everyth
     );
     let detail = call(c.api_addr, "GET", &model, None, &[]).await.body;
     assert_eq!(detail["active_version"], 2);
+    let listed = call(c.api_addr, "GET", "/api/v1/models", None, &[])
+        .await
+        .body;
+    let entry = listed["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["model_id"] == DEFAULT_MODEL)
+        .unwrap()
+        .clone();
+    assert_eq!(entry["versions"], serde_json::json!([1, 2]));
+    assert_eq!(
+        (entry["active_version"].as_u64(), entry["version"].as_u64()),
+        (Some(2), Some(2))
+    );
+    let agents_on_2 = detail["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["version"] == 2)
+        .count();
+    assert_eq!(
+        agents_on_2, 3,
+        "the detail names which agents run which version"
+    );
     assert!(detail["canary"].is_null());
     let actions: Vec<&str> = detail["history"]
         .as_array()

@@ -301,8 +301,39 @@ impl RulesStore {
 }
 
 /// Handler of `GET /api/v1/models`.
+///
+/// Each model is its serving version's listing plus `versions` (every
+/// version number), `active_version` (on the fleet topic) and
+/// `canary_version`; `GET /api/v1/models/{name}` has the full history.
 pub async fn list_models(State(state): State<AppState>) -> Json<Value> {
-    let models: Vec<_> = state.registry.list().iter().map(|m| m.info()).collect();
+    let models: Vec<Value> = state
+        .registry
+        .list()
+        .iter()
+        .map(|m| {
+            let name = &m.manifest.name;
+            let mut v = serde_json::to_value(m.info()).unwrap_or(Value::Null);
+            if let Value::Object(o) = &mut v {
+                let versions: Vec<u64> = state
+                    .registry
+                    .versions(name)
+                    .iter()
+                    .map(|m| m.version)
+                    .collect();
+                o.insert("versions".into(), json!(versions));
+                let r = state.rollout.as_ref().map(|r| r.status(name));
+                o.insert(
+                    "active_version".into(),
+                    json!(r.as_ref().and_then(|r| r.active)),
+                );
+                o.insert(
+                    "canary_version".into(),
+                    json!(r.and_then(|r| r.canary.map(|c| c.version))),
+                );
+            }
+            v
+        })
+        .collect();
     Json(json!({
         "count": models.len(),
         "models": models,
