@@ -13,7 +13,6 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -25,61 +24,10 @@ use sad_agent::model_manager::ModelManager;
 use sad_common::{Ack, AlertBatch};
 use sad_models::bundle::{ManifestSpec, iforest_bundle};
 use sad_models::iforest::IsolationForestParams;
+use sad_tests::Mosquitto;
 
 const AGENT: &str = "e2e-agent";
 const PREFIX: &str = "sad/v1";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A Mosquitto broker killed on drop.
-struct Mosquitto {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Mosquitto {
-    fn start() -> Mosquitto {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n"),
-        )
-        .unwrap();
-        let child = Command::new("/usr/sbin/mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto is installed at /usr/sbin/mosquitto");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Mosquitto {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// What the fake coordinator saw.
 #[derive(Default)]
@@ -245,7 +193,11 @@ fn offset(dir: &Path) -> u64 {
 
 #[test]
 fn every_alert_reaches_the_coordinator_exactly_once_after_dedupe_despite_kill_9() {
-    let broker = Mosquitto::start();
+    let broker = Mosquitto::start_with(|port, _dir| {
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n"
+        )
+    });
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let seen = Arc::new(Mutex::new(Received::default()));

@@ -1,11 +1,8 @@
-//! Shared helpers of the agent's durability tests: a private Mosquitto,
-//! signed model bundles and alerts.
+//! Shared helpers of the agent's durability tests: a private Mosquitto (from
+//! the `sad-tests` harness), signed model bundles and alerts.
 #![allow(dead_code, missing_docs)]
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ed25519_dalek::{Signer, SigningKey};
 use sad_common::wire::{Severity, signed_bytes};
@@ -91,116 +88,10 @@ pub fn alert(severity: Severity, series: &str) -> Alert {
     }
 }
 
-/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    cond()
-}
-
-/// Async version of [`wait_until`].
-pub async fn wait_until_async(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cond()
-}
-
-/// A free TCP port on 127.0.0.1 (bound then released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A Mosquitto broker on a free local port, killed on drop.
-pub struct Mosquitto {
-    pub port: u16,
-    conf: PathBuf,
-    child: Option<Child>,
-    _dir: tempfile::TempDir,
-}
-
-impl Mosquitto {
-    /// Starts `/usr/sbin/mosquitto` on a free port and waits until it accepts connections.
-    pub fn start() -> Mosquitto {
-        Mosquitto::start_with(|port, _dir| {
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-        })
-    }
-
-    /// Starts a broker whose config `conf(port, dir)` writes; `port` is the one waited for.
-    pub fn start_with(conf_text: impl FnOnce(u16, &Path) -> String) -> Mosquitto {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(&conf, conf_text(port, dir.path())).unwrap();
-        let mut m = Mosquitto {
-            port,
-            conf,
-            child: None,
-            _dir: dir,
-        };
-        m.restart();
-        m
-    }
-
-    /// (Re)starts the broker on the same port (after [`Mosquitto::stop`]).
-    pub fn restart(&mut self) {
-        self.stop();
-        let child = Command::new("/usr/sbin/mosquitto")
-            .arg("-c")
-            .arg(&self.conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mosquitto (apt-get install mosquitto)");
-        self.child = Some(child);
-        let port = self.port;
-        assert!(
-            wait_until(Duration::from_secs(20), || std::net::TcpStream::connect((
-                "127.0.0.1",
-                port
-            ))
-            .is_ok()),
-            "mosquitto did not start on port {port}"
-        );
-    }
-
-    /// Kills the broker (SIGKILL) and waits for it to exit.
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// `mqtt://127.0.0.1:<port>`.
-    pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
-    }
-
-    pub fn conf(&self) -> &Path {
-        &self.conf
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+// The process helpers live in the sad-tests harness, shared with the
+// coordinator's tests and the cross-process fault tests.
+#[allow(unused_imports)] // each test binary uses a different subset
+pub use sad_tests::{Mosquitto, free_port, wait_until, wait_until_async};
 
 /// What a [`FakeCoordinator`] saw.
 #[derive(Default)]
