@@ -22,11 +22,14 @@
 //! - `offset_` is `-0.5` for [`Contamination::Auto`] and numpy's linear
 //!   percentile of the training `score_samples` otherwise.
 //!
-//! Layout for speed: all trees live in one packed node array (16 bytes per
-//! node: feature, `f32` threshold, absolute child indices); leaves point to
-//! themselves so every row walks a fixed number of steps without branches
-//! on leafness, and several independent walks (rows of a block, or trees for
-//! one row) are interleaved to hide memory latency. No threads are used.
+//! Layout for speed: forests up to depth 10 (fitted with `max_samples <=
+//! 1024`) are scored on complete binary trees (8-byte split slots, children
+//! of slot `i` at `2i` and `2i + 1`, shallow leaves repeated below
+//! themselves), so every walk is a fixed number of branch-free steps with no
+//! child pointers and no bounds checks; deeper forests walk one packed node
+//! array (16 bytes per node, leaves pointing to themselves). Either way
+//! several independent walks (rows of a block, or trees for one row) are
+//! interleaved to hide memory latency. No threads are used.
 //!
 //! Serialisation ([`IsolationForest::to_bytes`], serde) stores the trees with
 //! relative child indices and the node sizes; loading validates the whole

@@ -92,7 +92,7 @@ impl StoredForest {
         if total >= u32::MAX as usize {
             return Err(invalid("forest has too many nodes".into()));
         }
-        let mut flat = Flat::with_capacity(self.trees.len(), total);
+        let mut flat = Flat::with_capacity(self.n_features as usize, self.trees.len(), total);
         let mut depth = Vec::new();
         let mut parents = Vec::new();
         for (t, tree) in self.trees.iter().enumerate() {
@@ -167,6 +167,7 @@ impl StoredForest {
             let tree_depth = depth.iter().copied().max().unwrap_or(0);
             flat.finish_tree(base, tree_depth);
         }
+        flat.finish();
         Ok(flat)
     }
 }

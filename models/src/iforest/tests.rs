@@ -540,3 +540,127 @@ fn fit_quality_matches_sklearn_auc_on_odds_sets() {
         );
     }
 }
+
+/// A random tree in stored form (pre-order, so children follow parents),
+/// splitting on thresholds drawn from `cuts`.
+fn random_tree(
+    rng: &mut ChaCha8Rng,
+    nf: u32,
+    cuts: &[f32],
+    max_depth: u32,
+    depth: u32,
+    nodes: &mut Vec<StoredNode>,
+) -> u32 {
+    let i = nodes.len() as u32;
+    let n_samples = rng.gen_range(1..300);
+    nodes.push(StoredNode {
+        feature: 0,
+        threshold: 0.0,
+        left: 0,
+        right: 0,
+        n_samples,
+    });
+    // The first levels always split, so the forest reaches its depth bound.
+    if depth < max_depth && (depth < 2 || rng.gen_bool(0.8)) {
+        let left = random_tree(rng, nf, cuts, max_depth, depth + 1, nodes);
+        let right = random_tree(rng, nf, cuts, max_depth, depth + 1, nodes);
+        nodes[i as usize] = StoredNode {
+            feature: rng.gen_range(0..nf),
+            threshold: cuts[rng.gen_range(0..cuts.len())],
+            left,
+            right,
+            n_samples,
+        };
+    }
+    i
+}
+
+/// Values that hit thresholds exactly, fall just beside them, or are extreme.
+fn probe_value(rng: &mut ChaCha8Rng, cuts: &[f32]) -> f64 {
+    let c = cuts[rng.gen_range(0..cuts.len())];
+    let t = f64::from(c);
+    match rng.gen_range(0..8) {
+        0 | 1 => t,
+        2 => f64::from_bits(t.to_bits() + 1),
+        3 => f64::from(f32::from_bits(c.to_bits() ^ 1)),
+        4 => [f64::MAX, -f64::MAX, f64::from(f32::MAX), 0.0, -0.0, 1e-300][rng.gen_range(0..6)],
+        _ => rng.gen_range(-10.0..10.0),
+    }
+}
+
+/// Depth of the subtree at `i` of a stored tree.
+fn tree_depth(tree: &[StoredNode], i: usize) -> u32 {
+    let n = tree[i];
+    if n.is_leaf() {
+        0
+    } else {
+        1 + tree_depth(tree, n.left as usize).max(tree_depth(tree, n.right as usize))
+    }
+}
+
+#[test]
+fn packed_walks_equal_the_plain_walk_on_random_forests_and_rows() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut cuts: Vec<f32> = (0..40).map(|_| rng.gen_range(-5.0f32..5.0)).collect();
+    cuts.extend([0.0, -0.0, f32::MAX, -f32::MAX, f32::MIN_POSITIVE, 1e-40]);
+    // Depths 0..=12 cover every complete-layout size and the node-walk
+    // fallback (> 10); widths cover narrow, wide and too-wide rows.
+    for (case, max_depth) in (0..=12).chain([8, 8, 8, 10, 11]).enumerate() {
+        let nf = [1, 4, 4, 5, 8, 9, 33, 64, 65][case % 9];
+        let n_trees = rng.gen_range(1..30);
+        let trees = (0..n_trees)
+            .map(|_| {
+                let mut nodes = Vec::new();
+                random_tree(&mut rng, nf, &cuts, max_depth, 0, &mut nodes);
+                nodes
+            })
+            .collect();
+        let mut stored = tiny_stored();
+        stored.n_features = nf;
+        stored.trees = trees;
+        let depth = stored.trees.iter().map(|t| tree_depth(t, 0)).max().unwrap();
+        let flat = stored.validate_and_flatten().unwrap();
+        assert_eq!(
+            flat.is_complete(),
+            depth <= flat::COMPLETE_MAX_DEPTH && nf <= 64,
+            "case {case}"
+        );
+        for n in [1, 7, 8, 9, 100, 513, 1100] {
+            let rows: Vec<f64> = (0..n * nf as usize)
+                .map(|_| probe_value(&mut rng, &cuts))
+                .collect();
+            let want = flat.path_sums_reference(&rows, nf as usize);
+            let mut got = Vec::new();
+            flat.path_sums(&rows, nf as usize, &mut got);
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "case {case}, {n} rows");
+            let one: Vec<f64> = rows
+                .chunks_exact(nf as usize)
+                .map(|r| flat.path_sum_one(r))
+                .collect();
+            assert_eq!(bits(&one), bits(&want), "case {case}, one by one");
+            let nodes = flat.clone().without_complete();
+            got.clear();
+            nodes.path_sums(&rows, nf as usize, &mut got);
+            assert_eq!(bits(&got), bits(&want), "case {case}, node walks");
+        }
+    }
+}
+
+#[test]
+fn fitted_forests_use_the_complete_layout_up_to_depth_ten() {
+    let rows = gaussian(3_000, 3, 5);
+    for (max_samples, complete) in [(256, true), (1024, true), (1025, false)] {
+        let forest = IsolationForestParams {
+            n_estimators: 20,
+            max_samples: MaxSamples::Count(max_samples),
+            ..Default::default()
+        }
+        .fit(&rows, 3)
+        .unwrap();
+        assert_eq!(forest.flat.is_complete(), complete, "{max_samples}");
+        let mut got = Vec::new();
+        forest.flat.path_sums(&rows, 3, &mut got);
+        assert_eq!(got, forest.flat.path_sums_reference(&rows, 3));
+    }
+}
