@@ -22,7 +22,7 @@
 use std::fmt;
 
 /// Independent walks interleaved at a time.
-const LANES: usize = 8;
+const LANES: usize = 16;
 /// Rows converted to `f32` and scored together (tree-major inside a block).
 const BLOCK: usize = 512;
 /// Rows up to this many features are converted on the stack for single-row scoring.
