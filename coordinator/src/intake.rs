@@ -437,11 +437,20 @@ pub async fn run_intake_with_quality(
                     Ok(Event::Incoming(Incoming::ConnAck(_))) => {
                         delay = Duration::from_millis(100);
                         tracing::info!("intake connected");
-                        for f in &filters {
-                            if let Err(e) = client.subscribe(f.clone(), QoS::AtLeastOnce).await {
-                                tracing::warn!(error = %e, filter = %f, "cannot subscribe");
+                        // Subscribe from another task: this one must keep polling,
+                        // because the request queue the subscriptions go through
+                        // may be full of acks queued during the outage, and only
+                        // polling drains it (awaiting here deadlocked the intake
+                        // after a broker restart).
+                        let (client, filters) = (client.clone(), filters.clone());
+                        tokio::spawn(async move {
+                            for f in filters {
+                                if let Err(e) = client.subscribe(f.clone(), QoS::AtLeastOnce).await
+                                {
+                                    tracing::warn!(error = %e, filter = %f, "cannot subscribe");
+                                }
                             }
-                        }
+                        });
                     }
                     Ok(Event::Incoming(Incoming::Publish(p))) => {
                         if tx.send(p).await.is_err() {
