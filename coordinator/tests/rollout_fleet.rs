@@ -28,24 +28,10 @@ use tokio_util::sync::CancellationToken;
 
 const PREFIX: &str = "sad/v1";
 
-/// The `anomaly-agent` binary of this workspace, built (once per test run)
-/// so that it matches the sources under test.
+/// The `anomaly-agent` binary of this workspace, built once per test process
+/// by the shared harness so that it matches the sources under test.
 fn agent_bin() -> PathBuf {
-    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo)
-            .args(["build", "-q", "-p", "sad-agent", "--bin", "anomaly-agent"])
-            .status()
-            .unwrap();
-        assert!(st.success(), "building anomaly-agent failed");
-        let bin = dir.join("anomaly-agent");
-        assert!(bin.exists(), "no agent binary at {}", bin.display());
-        bin
-    })
-    .clone()
+    sad_tests::bins::bin_path(sad_tests::bins::AGENT_BIN)
 }
 
 async fn start_coordinator(
