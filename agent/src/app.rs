@@ -105,9 +105,12 @@ pub async fn start(
         let (m1, m2) = (metrics.clone(), metrics.clone());
         let id = agent_id.clone();
         let model_dir = config.model.path.clone();
+        let data_dir = config.data_dir.clone();
         let key = config.model.pinned_key()?;
         tokio::task::spawn_blocking(move || -> Result<(Outbox, ModelManager), AppError> {
             let outbox = Outbox::open(&outbox_cfg, &id, Some(m1))?;
+            // Source positions stored with the alerts win over older offset files.
+            crate::sources::file::reconcile_offsets(&data_dir, &outbox.marks()?);
             let models = ModelManager::open(&model_dir, key, Some(m2))?;
             Ok((outbox, models))
         })

@@ -264,6 +264,15 @@ fn be(v: u64) -> [u8; 8] {
     v.to_be_bytes()
 }
 
+/// Prefix of source positions in the meta tree.
+const META_MARK_PREFIX: &[u8] = b"mark/";
+
+fn mark_key(key: &str) -> Vec<u8> {
+    let mut k = META_MARK_PREFIX.to_vec();
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
 fn read_be(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.try_into().ok()?))
 }
@@ -439,7 +448,19 @@ impl Outbox {
     /// `alert.agent_id`), writes all of them and the new last seq in one sled
     /// transaction, flushes, and only then returns the seqs. Notifies waiters.
     /// When over `max_bytes`, applies the drop policy first (see the module docs).
-    pub fn append(&self, mut alerts: Vec<Alert>) -> Result<Vec<u64>, OutboxError> {
+    pub fn append(&self, alerts: Vec<Alert>) -> Result<Vec<u64>, OutboxError> {
+        self.append_marked(alerts, &[])
+    }
+
+    /// [`Outbox::append`], also storing source positions (`key`, position
+    /// after the events that raised these alerts) in the same transaction, so
+    /// after `kill -9` a source never resumes before alerts it already raised
+    /// (see [`Outbox::marks`]).
+    pub fn append_marked(
+        &self,
+        mut alerts: Vec<Alert>,
+        marks: &[(String, u64)],
+    ) -> Result<Vec<u64>, OutboxError> {
         if alerts.is_empty() {
             return Ok(Vec::new());
         }
@@ -503,6 +524,9 @@ impl Outbox {
             .transaction(|(a, m)| {
                 a.apply_batch(&batch)?;
                 m.insert(META_LAST_SEQ, &be(last))?;
+                for (key, pos) in marks {
+                    m.insert(mark_key(key), &be(*pos))?;
+                }
                 if dropped_now > 0 {
                     m.insert(META_DROPPED, &be(dropped_total))?;
                 }
@@ -548,6 +572,21 @@ impl Outbox {
         self.update_gauges();
         inner.notify.notify_waiters();
         Ok(seqs)
+    }
+
+    /// Source positions stored by [`Outbox::append_marked`], by key.
+    pub fn marks(&self) -> Result<Vec<(String, u64)>, OutboxError> {
+        let mut out = Vec::new();
+        for kv in self.inner.meta.scan_prefix(META_MARK_PREFIX) {
+            let (k, v) = kv.map_err(|e| self.storage(e))?;
+            if let (Ok(key), Some(pos)) = (
+                std::str::from_utf8(&k[META_MARK_PREFIX.len()..]),
+                read_be(&v),
+            ) {
+                out.push((key.to_string(), pos));
+            }
+        }
+        Ok(out)
     }
 
     /// Up to `max` alerts with `seq > after_seq`, ascending. Undecodable entries are skipped
@@ -832,6 +871,25 @@ pub(crate) mod tests {
             ob.append(vec![alert(Severity::Info, "s")]).unwrap(),
             vec![6]
         );
+    }
+
+    #[test]
+    fn source_marks_are_stored_with_their_alerts_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let ob = Outbox::open(&cfg(dir.path()), "edge-1", None).unwrap();
+            assert!(ob.marks().unwrap().is_empty());
+            ob.append_marked(vec![alert(Severity::Warning, "s")], &[("f".into(), 120)])
+                .unwrap();
+            ob.append_marked(vec![alert(Severity::Warning, "s")], &[("f".into(), 250)])
+                .unwrap();
+            // no alerts: nothing is written, the mark stays where the alerts are
+            ob.append_marked(Vec::new(), &[("f".into(), 999)]).unwrap();
+        }
+        let ob = Outbox::open(&cfg(dir.path()), "edge-1", None).unwrap();
+        assert_eq!(ob.marks().unwrap(), vec![("f".to_string(), 250)]);
+        assert_eq!(ob.depth(), 2, "marks are not alerts");
+        assert!(ob.verify().unwrap().problems.is_empty());
     }
 
     #[test]

@@ -198,11 +198,30 @@ impl ModelProvider for StaticModels {
 pub trait AlertSink: Send + Sync {
     /// Stores the alerts durably and returns their seqs.
     fn append(&self, alerts: Vec<Alert>) -> Result<Vec<u64>, String>;
+
+    /// Stores the alerts and, atomically with them, the source positions
+    /// after the events that raised them (default: the alerts only).
+    fn append_marked(
+        &self,
+        alerts: Vec<Alert>,
+        marks: &[(String, u64)],
+    ) -> Result<Vec<u64>, String> {
+        let _ = marks;
+        self.append(alerts)
+    }
 }
 
 impl AlertSink for crate::outbox::Outbox {
     fn append(&self, alerts: Vec<Alert>) -> Result<Vec<u64>, String> {
         crate::outbox::Outbox::append(self, alerts).map_err(|e| e.to_string())
+    }
+
+    fn append_marked(
+        &self,
+        alerts: Vec<Alert>,
+        marks: &[(String, u64)],
+    ) -> Result<Vec<u64>, String> {
+        crate::outbox::Outbox::append_marked(self, alerts, marks).map_err(|e| e.to_string())
     }
 }
 
@@ -778,7 +797,9 @@ impl Pipeline {
         let seqs = if alerts.is_empty() {
             Vec::new()
         } else {
-            self.sink.append(alerts).map_err(PipelineError::Sink)?
+            self.sink
+                .append_marked(alerts, &durable_marks(&batch))
+                .map_err(PipelineError::Sink)?
         };
         self.counters
             .anomalies
@@ -837,6 +858,23 @@ fn feature_name(names: &[String], row_len: usize, idx: usize) -> String {
 }
 
 /// Commits, per committer, the position after the last event of the batch.
+/// The highest position per keyed committer in `batch`, stored with the
+/// batch's alerts so a restart never resumes before them.
+fn durable_marks(batch: &[Envelope]) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = Vec::new();
+    for env in batch {
+        if let Some(m) = &env.mark
+            && let Some(key) = m.committer.key()
+        {
+            match out.iter_mut().find(|(k, _)| *k == key) {
+                Some(e) => e.1 = e.1.max(m.position),
+                None => out.push((key, m.position)),
+            }
+        }
+    }
+    out
+}
+
 fn commit_marks(batch: &[Envelope], durable: bool) {
     let mut last: Vec<(Arc<dyn Committer>, u64)> = Vec::new();
     for env in batch {

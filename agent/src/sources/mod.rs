@@ -158,6 +158,12 @@ pub trait Committer: Send + Sync {
     /// Records that everything up to `position` is done; `durable` = persist
     /// it now (alerts were raised before it), else the source may defer the write.
     fn commit(&self, position: u64, durable: bool);
+
+    /// A stable key under which the outbox also stores the position, in the
+    /// same transaction as the alerts it covers (`None`: not stored there).
+    fn key(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A position in a source that can be committed after processing.

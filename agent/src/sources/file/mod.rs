@@ -14,9 +14,14 @@
 //! more, written to a temporary file and renamed). The pipeline commits an
 //! offset only after the alerts raised by the lines before it are flushed
 //! to the outbox: at once when the batch raised alerts, else at most once a
-//! second. After `kill -9` the agent restarts at the last committed offset,
-//! so lines whose alerts are in the outbox are never replayed (no duplicate
-//! alerts) and lines that raised nothing may be replayed (harmless).
+//! second. A batch that raised alerts also stores its offset in the
+//! outbox's own transaction (an outbox mark, see
+//! [`crate::outbox::Outbox::append_marked`]), and at start the offset file
+//! is moved forward to that mark ([`reconcile_offsets`]). So after
+//! `kill -9`, even between the outbox append and the offset file write, the
+//! agent restarts after every line whose alerts are in the outbox: no event
+//! raises its alert twice under two ids; lines that raised nothing may be
+//! replayed (harmless).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -358,6 +363,38 @@ impl Pacer {
     }
 }
 
+/// Prefix of the outbox marks that are file source offsets (followed by the offset file's path).
+pub const OFFSET_MARK_PREFIX: &str = "file-offset:";
+
+/// Moves offset files forward to the positions the outbox stored with its
+/// alerts (a `kill -9` between the outbox append and the offset file write
+/// leaves the file behind). Only files under `data_dir` are touched; returns
+/// how many were moved.
+pub fn reconcile_offsets(data_dir: &Path, marks: &[(String, u64)]) -> usize {
+    let mut moved = 0;
+    for (key, pos) in marks {
+        let Some(path) = key.strip_prefix(OFFSET_MARK_PREFIX).map(PathBuf::from) else {
+            continue;
+        };
+        if !path.starts_with(data_dir) {
+            continue;
+        }
+        let f = OffsetFile::new(path.clone());
+        if f.load() < *pos {
+            match f.write(*pos) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), offset = pos, "file source offset moved forward to the outbox's");
+                    moved += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot move the file source offset forward")
+                }
+            }
+        }
+    }
+    moved
+}
+
 /// The persisted read position of a file source.
 pub struct OffsetFile {
     path: PathBuf,
@@ -406,6 +443,10 @@ impl Drop for OffsetFile {
 }
 
 impl Committer for OffsetFile {
+    fn key(&self) -> Option<String> {
+        Some(format!("{OFFSET_MARK_PREFIX}{}", self.path.display()))
+    }
+
     fn commit(&self, position: u64, durable: bool) {
         let Ok(mut st) = self.state.lock() else {
             return;
@@ -455,6 +496,30 @@ mod tests {
         let a = rx.try_recv().unwrap().event;
         let b = rx.try_recv().unwrap().event;
         assert_eq!((a.ts_ms, a.values, b.ts_ms), (1, vec![1.0, 2.0], 3));
+    }
+
+    #[test]
+    fn offsets_move_forward_to_the_outbox_marks_only_under_the_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let inside = data.join("sources/replay.offset");
+        let behind = OffsetFile::new(inside.clone());
+        behind.write(100).unwrap();
+        let ahead = data.join("sources/other.offset");
+        OffsetFile::new(ahead.clone()).write(900).unwrap();
+        let outside = dir.path().join("elsewhere.offset");
+        let key = |p: &Path| format!("{OFFSET_MARK_PREFIX}{}", p.display());
+        let marks = vec![
+            (key(&inside), 300),
+            (key(&ahead), 500),
+            (key(&outside), 700),
+            ("something-else".to_string(), 5),
+        ];
+        assert_eq!(reconcile_offsets(&data, &marks), 1);
+        assert_eq!(OffsetFile::new(inside.clone()).load(), 300);
+        assert_eq!(OffsetFile::new(ahead).load(), 900, "never moved back");
+        assert!(!outside.exists(), "nothing written outside the data dir");
+        assert_eq!(OffsetFile::new(inside.clone()).key().unwrap(), key(&inside));
     }
 
     #[test]
