@@ -52,6 +52,8 @@
 //! tree "meta":   "last_seq" = u64 big-endian, the highest seq ever assigned
 //!                "dropped"  = u64 big-endian, alerts dropped by the full-outbox policy
 //!                "recoveries" = u64 big-endian, see "Damaged files"
+//!                "mark/{key}" = u64 big-endian, a source position written in the
+//!                same transaction as the alerts it covers (`append_marked`)
 //! file "last_seq.hwm": last seq assigned, u64 big-endian, then its bitwise complement
 //! ```
 //!
