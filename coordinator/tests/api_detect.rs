@@ -58,6 +58,31 @@ async fn a_large_batch_is_scored_like_a_small_one() {
 }
 
 #[tokio::test]
+async fn a_mid_size_batch_scores_each_row_as_alone() {
+    // 128..=1024 rows may be split in halves scored on two cores (when no
+    // other detect request is in flight); the scores must not depend on it.
+    let api = start(None, None).await;
+    let rows: Vec<[f64; 4]> = (0..301)
+        .map(|i| [1.2 + (i % 13) as f64 * 0.3, 3.4 - (i % 5) as f64, 5.6, 7.8])
+        .collect();
+    let body = json!({"data": rows}).to_string();
+    let r = call(api.addr, "POST", "/api/v1/detect", Some(&body), &[]).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let batch = r.body["raw_score"].as_array().unwrap().clone();
+    assert_eq!(batch.len(), 301);
+    for (i, row) in rows
+        .iter()
+        .enumerate()
+        .step_by(37)
+        .chain([(300, &rows[300])])
+    {
+        let one = json!({"data": row}).to_string();
+        let s = call(api.addr, "POST", "/api/v1/detect", Some(&one), &[]).await;
+        assert_eq!(s.body["raw_score"], batch[i], "row {i}");
+    }
+}
+
+#[tokio::test]
 async fn bad_inputs_get_json_errors_with_a_message() {
     let api = start(
         None,

@@ -19,14 +19,21 @@
 //! model's own. `confidence = clamp(2·|score − threshold|, 0, 1)`, as in the seed.
 //!
 //! Batches of more than [`INLINE_ROWS`] rows are scored on the blocking pool.
+//! An Isolation Forest batch of at least [`SPLIT_ROWS`] rows that arrives while no other detect
+//! request is being handled is scored in two halves at once (one inline, one
+//! on the blocking pool), so a lone client gets both cores; under concurrent
+//! load the cores are already busy and batches are scored whole.
 
 use std::fmt;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +46,44 @@ use super::{ApiError, AppState, parse_json};
 pub const INLINE_ROWS: usize = 1024;
 /// Hard cap on rows while parsing, before the configured cap is known.
 pub const PARSE_MAX_ROWS: usize = 1_000_000;
+/// Batches from this many rows (up to [`INLINE_ROWS`]) are split in two
+/// halves scored in parallel when no other detect request is in flight
+/// (`DETECT_SPLIT_ROWS` overrides it, `0` turns splitting off).
+pub const SPLIT_ROWS: usize = 128;
+
+/// Detect requests being handled right now (all models).
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Smallest batch split across cores: [`SPLIT_ROWS`], or `DETECT_SPLIT_ROWS`
+/// from the environment at first use (`0` never splits; for benchmarks).
+fn split_rows() -> usize {
+    static ROWS: OnceLock<usize> = OnceLock::new();
+    *ROWS.get_or_init(|| match std::env::var("DETECT_SPLIT_ROWS") {
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(0) => usize::MAX,
+            Ok(n) => n.max(2),
+            Err(_) => SPLIT_ROWS,
+        },
+        Err(_) => SPLIT_ROWS,
+    })
+}
+
+/// Counts one request in [`IN_FLIGHT`] while alive.
+struct InFlight;
+
+impl InFlight {
+    /// Registers a request; returns the guard and whether it is the only one.
+    fn enter() -> (Self, bool) {
+        let before = IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+        (Self, before == 0)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// `data`: one row or a batch, flattened row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,42 +103,53 @@ impl Data {
     }
 }
 
+/// What one element of `data` was: a number (returned), or a row (its
+/// values already appended to the shared buffer).
 enum Elem {
     Num(f64),
-    Row(Vec<f64>),
+    Row(usize),
 }
 
-impl<'de> Deserialize<'de> for Elem {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Elem;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a number or a list of numbers")
+/// Parses one element of `data`, appending a row's values straight to
+/// `values` (no per-row allocation).
+struct ElemSeed<'a> {
+    values: &'a mut Vec<f64>,
+}
+
+impl<'de> de::DeserializeSeed<'de> for ElemSeed<'_> {
+    type Value = Elem;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Elem, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ElemSeed<'_> {
+    type Value = Elem;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a number or a list of numbers")
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Elem, E> {
+        Ok(Elem::Num(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Elem, E> {
+        Ok(Elem::Num(v as f64))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Elem, E> {
+        Ok(Elem::Num(v as f64))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Elem, A::Error> {
+        let mut len = 0;
+        while let Some(v) = seq.next_element::<f64>()? {
+            if len == MAX_VALUES {
+                return Err(de::Error::custom(format!(
+                    "a row has more than {MAX_VALUES} values"
+                )));
             }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Elem, E> {
-                Ok(Elem::Num(v))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Elem, E> {
-                Ok(Elem::Num(v as f64))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Elem, E> {
-                Ok(Elem::Num(v as f64))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Elem, A::Error> {
-                let mut row = Vec::with_capacity(seq.size_hint().unwrap_or(4).min(64));
-                while let Some(v) = seq.next_element::<f64>()? {
-                    if row.len() == MAX_VALUES {
-                        return Err(de::Error::custom(format!(
-                            "a row has more than {MAX_VALUES} values"
-                        )));
-                    }
-                    row.push(v);
-                }
-                Ok(Elem::Row(row))
-            }
+            self.values.push(v);
+            len += 1;
         }
-        d.deserialize_any(V)
+        Ok(Elem::Row(len))
     }
 }
 
@@ -106,11 +162,13 @@ impl<'de> Deserialize<'de> for Data {
                 f.write_str("a vector of numbers or a list of equal-length vectors")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Data, A::Error> {
-                let mut values = Vec::new();
+                let mut values = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
                 let mut width = None;
                 let mut single = None;
                 let mut rows = 0usize;
-                while let Some(e) = seq.next_element::<Elem>()? {
+                while let Some(e) = seq.next_element_seed(ElemSeed {
+                    values: &mut values,
+                })? {
                     match (e, single) {
                         (Elem::Num(v), None | Some(true)) => {
                             single = Some(true);
@@ -121,14 +179,13 @@ impl<'de> Deserialize<'de> for Data {
                             }
                             values.push(v);
                         }
-                        (Elem::Row(row), None | Some(false)) => {
+                        (Elem::Row(len), None | Some(false)) => {
                             single = Some(false);
                             match width {
-                                None => width = Some(row.len()),
-                                Some(w) if w != row.len() => {
+                                None => width = Some(len),
+                                Some(w) if w != len => {
                                     return Err(de::Error::custom(format!(
-                                        "row {rows} has {} values, row 0 has {w}",
-                                        row.len()
+                                        "row {rows} has {len} values, row 0 has {w}"
                                     )));
                                 }
                                 Some(_) => {}
@@ -137,7 +194,6 @@ impl<'de> Deserialize<'de> for Data {
                             if rows > PARSE_MAX_ROWS {
                                 return Err(de::Error::custom("too many rows"));
                             }
-                            values.extend_from_slice(&row);
                         }
                         _ => {
                             return Err(de::Error::custom("data mixes numbers and vectors"));
@@ -221,8 +277,9 @@ pub struct DetectResponse {
 pub async fn detect(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<DetectResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let t0 = Instant::now();
+    let (_in_flight, alone) = InFlight::enter();
     let req: DetectRequest = parse_json(body)?;
     let kind = match &req.model_type {
         Some(s) => s
@@ -287,11 +344,26 @@ pub async fn detect(
 
     let score_start = Instant::now();
     let detector = entry.detector.clone();
+    let failed =
+        |e: tokio::task::JoinError| ApiError::internal(format!("scoring task failed: {e}"));
     let scores = if n > INLINE_ROWS {
         let values = data.values;
         tokio::task::spawn_blocking(move || detector.score_batch(&values))
             .await
-            .map_err(|e| ApiError::internal(format!("scoring task failed: {e}")))?
+            .map_err(failed)?
+    } else if n >= split_rows() && alone && entry.manifest.kind == ModelKind::IsolationForest {
+        // A forest scores every row on its own, so two halves give the same
+        // scores (windowed models like the LSTM are never split).
+        let mut head = data.values;
+        let tail = head.split_off(n / 2 * n_features);
+        let other = detector.clone();
+        let tail = tokio::task::spawn_blocking(move || other.score_batch(&tail));
+        let head = detector.score_batch(&head);
+        let tail = tail.await.map_err(failed)?;
+        head.and_then(|mut h| {
+            h.extend(tail?);
+            Ok(h)
+        })
     } else {
         detector.score_batch(&data.values)
     }
@@ -345,7 +417,7 @@ pub async fn detect(
     } else {
         OneOrMany::Many(flags)
     };
-    Ok(Json(DetectResponse {
+    let response = DetectResponse {
         model_id: entry.manifest.name.clone(),
         model_type: kind_label,
         model_version: entry.manifest.version,
@@ -357,7 +429,13 @@ pub async fn detect(
         confidence: pack(confidence),
         anomalies_detected: anomalies,
         processing_time_ms: t0.elapsed().as_secs_f64() * 1e3,
-    }))
+    };
+    // Sized for the three float lists (up to 24 bytes a number) and the flags
+    // up front, so the body is written without regrowing.
+    let mut body = Vec::with_capacity(320 + n * 80);
+    serde_json::to_writer(&mut body, &response)
+        .map_err(|e| ApiError::internal(format!("cannot write the response: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 #[cfg(test)]
