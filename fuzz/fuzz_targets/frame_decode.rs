@@ -6,7 +6,8 @@
 use libfuzzer_sys::fuzz_target;
 use sad_common::frame::{self, Wire};
 use sad_common::{
-    Ack, Alert, AlertBatch, Event, FeatureVector, Heartbeat, ModelBundle, ModelManifest, Samples,
+    Ack, Alert, AlertBatch, Event, FeatureVector, Heartbeat, LabelCounts, ModelBundle, ModelManifest,
+    Samples,
 };
 
 fn roundtrip<T: Wire + PartialEq + std::fmt::Debug>(bytes: &[u8]) {
@@ -22,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&which, bytes)) = data.split_first() else {
         return;
     };
-    match which % 9 {
+    match which % 10 {
         0 => roundtrip::<Event>(bytes),
         1 => roundtrip::<FeatureVector>(bytes),
         2 => roundtrip::<Alert>(bytes),
@@ -31,6 +32,7 @@ fuzz_target!(|data: &[u8]| {
         5 => roundtrip::<Heartbeat>(bytes),
         6 => roundtrip::<Samples>(bytes),
         7 => roundtrip::<ModelManifest>(bytes),
+        8 => roundtrip::<LabelCounts>(bytes),
         _ => roundtrip::<ModelBundle>(bytes),
     }
 });
