@@ -74,8 +74,16 @@ pub fn long_mode() -> bool {
     std::env::var("SAD_LONG").is_ok_and(|v| v == "1")
 }
 
-/// `normal` repetitions, or `long` with `SAD_LONG=1`.
+/// `normal` repetitions, `long` with `SAD_LONG=1`, or exactly `SAD_REPEAT`
+/// when that is set to a positive number (a run between the two).
 pub fn repetitions(normal: usize, long: usize) -> usize {
+    if let Some(n) = std::env::var("SAD_REPEAT")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        return n;
+    }
     if long_mode() { long } else { normal }
 }
 
