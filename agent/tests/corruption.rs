@@ -17,6 +17,7 @@ use sad_common::wire::Severity;
 use sad_common::{Alert, ModelKind};
 use sad_models::bundle::{ManifestSpec, iforest_bundle};
 use sad_models::iforest::IsolationForestParams;
+use sad_tests::damage::{copy_dir, damages, files};
 
 const ALERTS: u64 = 200;
 const ACKED: u64 = 3;
@@ -56,68 +57,6 @@ fn make_outbox(path: &Path) {
     }
     ob.ack(ACKED).unwrap();
     ob.flush().unwrap();
-}
-
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out.sort();
-    out
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let p = e.unwrap().path();
-        let t = to.join(p.file_name().unwrap());
-        if p.is_dir() {
-            copy_dir(&p, &t)
-        } else {
-            std::fs::copy(&p, &t).unwrap();
-        }
-    }
-}
-
-/// Named damages of a file of `len` bytes: zero length, three truncations
-/// and single-byte flips at seven offsets.
-/// A named way to damage a file's bytes.
-type Damage = (String, Box<dyn Fn(&mut Vec<u8>)>);
-
-fn damages(len: usize) -> Vec<Damage> {
-    let mut out: Vec<Damage> = vec![("zero-length".into(), Box::new(|b: &mut Vec<u8>| b.clear()))];
-    for q in 1..=3 {
-        let cut = len * q / 4;
-        out.push((
-            format!("truncated to {cut}"),
-            Box::new(move |b: &mut Vec<u8>| b.truncate(cut)),
-        ));
-    }
-    for off in [
-        0,
-        1,
-        13,
-        len / 5,
-        len / 2,
-        len * 3 / 4,
-        len.saturating_sub(3),
-    ] {
-        out.push((
-            format!("byte {off} flipped"),
-            Box::new(move |b: &mut Vec<u8>| {
-                if let Some(x) = b.get_mut(off) {
-                    *x ^= 0x41;
-                }
-            }),
-        ));
-    }
-    out
 }
 
 fn corrupt_dirs(base: &Path) -> Vec<PathBuf> {

@@ -11,6 +11,7 @@ use sad_coordinator::api::registry::ModelRegistry;
 use sad_coordinator::store::{AlertQuery, AlertStore, StoreConfig};
 use sad_models::bundle::{ManifestSpec, iforest_bundle};
 use sad_models::iforest::IsolationForestParams;
+use sad_tests::damage::{copy_dir, damages, files};
 
 const N: u64 = 100;
 
@@ -32,67 +33,6 @@ fn alert(seq: u64) -> Alert {
         values: vec![1.0, 2.0],
         label: None,
     }
-}
-
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out.sort();
-    out
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let p = e.unwrap().path();
-        let t = to.join(p.file_name().unwrap());
-        if p.is_dir() {
-            copy_dir(&p, &t)
-        } else {
-            std::fs::copy(&p, &t).unwrap();
-        }
-    }
-}
-
-/// A named way to damage a file's bytes.
-type Damage = (String, Box<dyn Fn(&mut Vec<u8>)>);
-
-/// Zero length, three truncations and single-byte flips at seven offsets.
-fn damages(len: usize) -> Vec<Damage> {
-    let mut out: Vec<Damage> = vec![("zero-length".into(), Box::new(|b: &mut Vec<u8>| b.clear()))];
-    for q in 1..=3 {
-        let cut = len * q / 4;
-        out.push((
-            format!("truncated to {cut}"),
-            Box::new(move |b: &mut Vec<u8>| b.truncate(cut)),
-        ));
-    }
-    for off in [
-        0,
-        1,
-        13,
-        len / 5,
-        len / 2,
-        len * 3 / 4,
-        len.saturating_sub(3),
-    ] {
-        out.push((
-            format!("byte {off} flipped"),
-            Box::new(move |b: &mut Vec<u8>| {
-                if let Some(x) = b.get_mut(off) {
-                    *x ^= 0x41;
-                }
-            }),
-        ));
-    }
-    out
 }
 
 #[test]

@@ -16,6 +16,7 @@
 pub mod agent;
 pub mod bins;
 pub mod coordinator;
+pub mod damage;
 pub mod harness;
 pub mod mosquitto;
 pub mod oracle;
