@@ -382,6 +382,13 @@ async fn a_new_version_reaches_100_simulated_agents_through_mosquitto() {
         &std::fs::read_to_string(dir.path().join("coordinator/signing.pub")).unwrap(),
     ))
     .unwrap();
+    let exported = call(c.api_addr, "GET", "/api/v1/models/public-key", None, &[]).await;
+    assert_eq!(exported.status, 200, "{}", exported.body);
+    assert_eq!(
+        exported.body["public_key"].as_str().map(hex32),
+        Some(key.to_bytes()),
+        "the API exports the key the bundles are signed with"
+    );
     let ready = Arc::new(Mutex::new(0usize));
     let sims: Vec<_> = (0..N)
         .map(|i| {
