@@ -12,8 +12,6 @@ use std::net::SocketAddr;
 use proptest::prelude::*;
 use sad_coordinator::api::ApiLimits;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const TOKEN: &str = "s3cret";
 
@@ -25,52 +23,14 @@ async fn send(
     body: &[u8],
     token: bool,
 ) -> (u16, Value) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if token {
-        req.push_str(&format!("Authorization: Bearer {TOKEN}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let _ = s.write_all(body).await;
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out).await;
-    let text = String::from_utf8_lossy(&out).to_string();
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let rest = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(rest)
+    let auth = format!("Bearer {TOKEN}");
+    let headers: &[(&str, &str)] = if token {
+        &[("Authorization", auth.as_str())]
     } else {
-        rest.to_string()
+        &[]
     };
-    (
-        status,
-        serde_json::from_str(&rest).unwrap_or(Value::String(rest)),
-    )
-}
-
-fn dechunk(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || tail.len() < n {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = tail[n..].trim_start_matches("\r\n");
-    }
-    out
+    let r = api_common::call_bytes(addr, method, path, body, headers).await;
+    (r.status, r.body)
 }
 
 /// The answer is not a server error, and an error carries a JSON message.

@@ -223,6 +223,24 @@ async fn no_ack_is_published_while_kafka_is_down_and_acks_resume_when_it_is_back
     bridge.shutdown.cancel();
 }
 
+/// Produces `payloads` (then one undecodable record) to the input topic,
+/// keyed `pump-1`, on `partition` if given.
+async fn produce_input(cfg: &KafkaConfig, partition: Option<i32>, payloads: Vec<String>) {
+    let producer: FutureProducer = cfg.client_config().create().unwrap();
+    for payload in payloads.iter().map(String::as_str).chain(["garbage"]) {
+        let mut record = FutureRecord::to(&cfg.input_topic)
+            .key("pump-1")
+            .payload(payload);
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .expect("input produced");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn central_detection_turns_a_spike_in_the_input_topic_into_a_stored_and_published_alert() {
     if skip_kafka() {
@@ -231,43 +249,22 @@ async fn central_detection_turns_a_spike_in_the_input_topic_into_a_stored_and_pu
     let kafka = Tansu::start();
     let cfg = kafka_config(&kafka, "central");
     ensure_topics(&cfg).await.expect("topics created");
-    let producer: FutureProducer = cfg.client_config().create().unwrap();
-    for i in 0..200i64 {
-        let v = if i == 150 {
-            500.0
-        } else {
-            20.0 + (i % 7) as f64 * 0.2
-        };
-        let payload = if i % 2 == 0 {
-            format!(
-                r#"{{"series":"pump-1","ts_ms":{},"values":[{v}]}}"#,
-                1_700_000_000_000 + i * 1000
-            )
-        } else {
-            format!(
-                r#"{{"series":"pump-1","timestamp":{},"value":{v}}}"#,
-                1_700_000_000_000 + i * 1000
-            )
-        };
-        producer
-            .send(
-                FutureRecord::to(&cfg.input_topic)
-                    .key("pump-1")
-                    .payload(&payload),
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("input produced");
-    }
-    producer
-        .send(
-            FutureRecord::to(&cfg.input_topic)
-                .key("pump-1")
-                .payload("garbage"),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+    let payloads = (0..200i64)
+        .map(|i| {
+            let v = if i == 150 {
+                500.0
+            } else {
+                20.0 + (i % 7) as f64 * 0.2
+            };
+            let ts = 1_700_000_000_000 + i * 1000;
+            if i % 2 == 0 {
+                format!(r#"{{"series":"pump-1","ts_ms":{ts},"values":[{v}]}}"#)
+            } else {
+                format!(r#"{{"series":"pump-1","timestamp":{ts},"value":{v}}}"#)
+            }
+        })
+        .collect();
+    produce_input(&cfg, None, payloads).await;
 
     let (_dir, store) = temp_store();
     let metrics = CoordinatorMetrics::new().unwrap();
@@ -448,37 +445,19 @@ async fn training_data_from_kafka_is_exactly_the_offset_range_asked_for() {
     let kafka = Tansu::start();
     let cfg = kafka_config(&kafka, "train");
     ensure_topics(&cfg).await.expect("topics created");
-    let producer: FutureProducer = cfg.client_config().create().unwrap();
     // 300 events of 3 values on partition 0 (offsets 0..300) and one undecodable record
-    for i in 0..300i64 {
-        let payload = format!(
-            r#"{{"series":"pump-1","ts_ms":{},"values":[{},{},{}]}}"#,
-            1_700_000_000_000 + i * 1000,
-            i as f64,
-            (i % 5) as f64,
-            1.0
-        );
-        producer
-            .send(
-                FutureRecord::to(&cfg.input_topic)
-                    .partition(0)
-                    .key("pump-1")
-                    .payload(&payload),
-                Duration::from_secs(10),
+    let payloads = (0..300i64)
+        .map(|i| {
+            format!(
+                r#"{{"series":"pump-1","ts_ms":{},"values":[{},{},{}]}}"#,
+                1_700_000_000_000 + i * 1000,
+                i as f64,
+                (i % 5) as f64,
+                1.0
             )
-            .await
-            .expect("input produced");
-    }
-    producer
-        .send(
-            FutureRecord::to(&cfg.input_topic)
-                .partition(0)
-                .key("pump-1")
-                .payload("garbage"),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+        })
+        .collect();
+    produce_input(&cfg, Some(0), payloads).await;
     let range = KafkaRange {
         topic: cfg.input_topic.clone(),
         partitions: Some(vec![0]),
