@@ -48,13 +48,19 @@ impl Counters {
         }
     }
 
+    /// The labelled-event counters per model, by name.
+    pub fn labelled_snapshot(&self) -> Vec<(String, LabelledOutcomes)> {
+        let m = self.labelled.lock().unwrap_or_else(|e| e.into_inner());
+        m.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
     /// The labelled-event counters as a [`LabelCounts`] message, `None` before any labelled event.
     pub fn label_counts(&self, agent_id: &str, started_ms: i64) -> Option<LabelCounts> {
-        let m = self.labelled.lock().unwrap_or_else(|e| e.into_inner());
-        (!m.is_empty()).then(|| LabelCounts {
+        let models = self.labelled_snapshot();
+        (!models.is_empty()).then(|| LabelCounts {
             agent_id: agent_id.to_string(),
             started_ms,
-            models: m.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            models,
         })
     }
 

@@ -355,7 +355,6 @@ pub struct Pipeline {
     reporter: BadInputReporter,
     observer: Option<Box<dyn BatchObserver>>,
     series: HashMap<String, SeriesState>,
-    accuracy: HashMap<String, (u64, u64)>,
     rules_updates: Option<(RulesUpdates, u64)>,
     label_hook: Option<LabelHook>,
 }
@@ -384,7 +383,6 @@ impl Pipeline {
             reporter,
             observer: None,
             series: HashMap::new(),
-            accuracy: HashMap::new(),
             rules_updates: None,
             label_hook: None,
         }
@@ -682,16 +680,11 @@ impl Pipeline {
             scored += 1;
             last_conf.insert(kind, score.score);
             let enter = self.rules.config().enter_threshold(threshold);
+            let flagged = score.score > enter;
             if let Route::Trained { model, row } = route {
-                flagged_trained[*model][*row] = score.score > enter;
+                flagged_trained[*model][*row] = flagged;
             }
             if let Some(label) = ev.label {
-                let flagged = score.score > enter;
-                let e = self.accuracy.entry(name.to_string()).or_default();
-                e.1 += 1;
-                if flagged == label {
-                    e.0 += 1;
-                }
                 self.counters.record_labelled(name, label, flagged);
                 if let Some(hook) = self.label_hook.as_mut() {
                     hook(name, label, flagged);
@@ -779,12 +772,14 @@ impl Pipeline {
                     .with_label_values(&[a.model_kind.as_str(), a.severity.as_str()])
                     .inc();
             }
-            for (name, (ok, n)) in &self.accuracy {
-                if *n > 0 {
+            for (name, o) in self.counters.labelled_snapshot() {
+                let n = o.anomalies + o.normal;
+                if n > 0 {
+                    let right = o.detected + (o.normal - o.false_alarms);
                     metrics
                         .model_accuracy
-                        .with_label_values(&[name])
-                        .set(*ok as f64 / *n as f64);
+                        .with_label_values(&[&name])
+                        .set(right as f64 / n as f64);
                 }
             }
         }
@@ -1086,7 +1081,7 @@ mod tests {
     fn labelled_events_report_their_outcome_to_the_label_hook() {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s2 = seen.clone();
-        let mut p = Pipeline::new(
+        let p = Pipeline::new(
             PipelineConfig::default(),
             RulesConfig {
                 threshold: Some(0.7),
@@ -1100,6 +1095,8 @@ mod tests {
         .with_label_hook(Box::new(move |m, anomalous, flagged| {
             s2.lock().unwrap().push((m.to_string(), anomalous, flagged))
         }));
+        let metrics = crate::metrics::AgentMetrics::new().unwrap();
+        let mut p = p.with_metrics(metrics.clone());
         let i = info(None, &["x", "y"]);
         let mut batch: Vec<Envelope> = (0..20)
             .map(|k| {
@@ -1118,6 +1115,16 @@ mod tests {
         assert!(seen.iter().all(|(m, _, _)| m == "iforest"));
         assert_eq!(seen.last().unwrap(), &("iforest".to_string(), true, true));
         assert!(seen[..20].iter().all(|(_, a, f)| !a && !f), "{seen:?}");
+        // the same outcomes in the counters the uplink publishes, and the accuracy gauge
+        let counts = p.counters().labelled_snapshot();
+        assert_eq!(counts.len(), 1);
+        let o = counts[0].1;
+        assert_eq!(
+            (o.anomalies, o.detected, o.normal, o.false_alarms),
+            (1, 1, 20, 0)
+        );
+        let acc = metrics.model_accuracy.with_label_values(&["iforest"]).get();
+        assert_eq!(acc, 1.0);
     }
 
     #[test]
