@@ -183,28 +183,7 @@ impl AgentProc {
 
     /// Starts (or restarts) the agent; returns once its HTTP endpoint answers.
     pub fn start(&mut self) {
-        self.kill();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("agent.log"))
-            .unwrap();
-        let child = Command::new(bin_path(AGENT_BIN))
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .current_dir(self.dir.path())
-            .env_remove("MQTT_URL")
-            .env_remove("THRESHOLD")
-            .env_remove("MODEL_PATH")
-            .env_remove("MODEL_TYPE")
-            .env_remove("MQTT_TOPIC_PREFIX")
-            .env_remove("LOG_LEVEL")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start anomaly-agent");
-        self.child = Some(child);
-        self.starts += 1;
+        self.spawn_only();
         let port = self.http_port;
         assert!(
             wait_until(Duration::from_secs(30), || http_get(port, "/health")
