@@ -344,6 +344,7 @@ pub async fn serve(
     // Alerts: intake from the agents, Kafka bridge when KAFKA_BROKERS is set,
     // central detection on the input topic, retention in the background.
     let kafka_cfg = KafkaConfig::from_env(&cfg.env);
+    let training_kafka = kafka_cfg.clone();
     let sink = match &kafka_cfg {
         Some(k) => {
             if let Err(e) = ensure_topics(k).await {
@@ -536,7 +537,7 @@ pub async fn serve(
     }
     let training_sources = Arc::new(crate::api::models::TrainingSources {
         fleet: Some(fleet.clone()),
-        kafka: KafkaConfig::from_env(&cfg.env),
+        kafka: training_kafka,
         gate: crate::gate::GateConfig::default(),
     });
 

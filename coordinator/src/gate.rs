@@ -219,11 +219,11 @@ impl GateVerdict {
         if self.skipped {
             m.insert("gate_skipped".into(), 1.0);
         } else {
-            m.insert("gate_passed".into(), b(self.passed));
+            m.insert(GATE_PASSED.into(), b(self.passed));
             m.insert("gate_first_version".into(), b(self.first_version));
             m.insert("gate_holdout".into(), self.holdout_samples as f64);
         }
-        m.insert("gate_publishable".into(), b(self.publishable));
+        m.insert(GATE_PUBLISHABLE.into(), b(self.publishable));
         let opt = [
             ("gate_alert_rate", self.alert_rate),
             ("gate_active_alert_rate", self.active_alert_rate),
@@ -263,13 +263,18 @@ impl GateVerdict {
     }
 }
 
+/// Manifest metric of the verdict: 1 passed, 0 failed.
+pub const GATE_PASSED: &str = "gate_passed";
+/// Manifest metric: 1 when the version may be published, 0 when not.
+pub const GATE_PUBLISHABLE: &str = "gate_publishable";
+
 /// Whether a saved version may be published without forcing: its gate passed
 /// or was skipped; versions from before the gate (no `gate_*` keys) are.
 pub fn publishable(manifest: &ModelManifest) -> bool {
     let m = &manifest.training.metrics;
-    match m.get("gate_publishable") {
+    match m.get(GATE_PUBLISHABLE) {
         Some(v) => *v != 0.0,
-        None => m.get("gate_passed").is_none_or(|v| *v != 0.0),
+        None => m.get(GATE_PASSED).is_none_or(|v| *v != 0.0),
     }
 }
 

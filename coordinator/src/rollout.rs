@@ -44,9 +44,6 @@ use crate::signing::Signer25519;
 /// Entries of history kept per model.
 pub const MAX_HISTORY: usize = 200;
 
-/// Manifest metric a quality gate writes: 1 passed, 0 failed.
-pub const GATE_PASSED_METRIC: &str = "gate_passed";
-
 /// Why a rollout operation failed.
 #[derive(Debug, Error)]
 pub enum RolloutError {
@@ -867,7 +864,9 @@ mod tests {
     fn new_version(f: &Fixture, gate: Option<f64>) -> u64 {
         let (mut m, p) = crate::api::registry::train_default().unwrap();
         if let Some(g) = gate {
-            m.training.metrics.insert(GATE_PASSED_METRIC.into(), g);
+            m.training
+                .metrics
+                .insert(crate::gate::GATE_PASSED.into(), g);
         }
         f.registry.save(m, p).unwrap().manifest.version
     }
@@ -903,6 +902,13 @@ mod tests {
                     alert_rate: rate,
                 }),
             },
+        }
+    }
+
+    fn canary() -> PublishOptions {
+        PublishOptions {
+            canary_group: Some("canary".into()),
+            ..Default::default()
         }
     }
 
@@ -955,16 +961,7 @@ mod tests {
         let f = fixture();
         f.rollout.publish(M, &PublishOptions::default()).unwrap();
         let v2 = new_version(&f, Some(1.0));
-        let st = f
-            .rollout
-            .publish(
-                M,
-                &PublishOptions {
-                    canary_group: Some("canary".into()),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+        let st = f.rollout.publish(M, &canary()).unwrap();
         assert_eq!(st.active, Some(1));
         assert_eq!(f.rec.retained(&group_topic()).unwrap().manifest.version, v2);
         assert_eq!(f.rec.retained(&fleet_topic()).unwrap().manifest.version, 1);
@@ -1000,15 +997,7 @@ mod tests {
         let f = fixture();
         f.rollout.publish(M, &PublishOptions::default()).unwrap();
         let v2 = new_version(&f, None);
-        f.rollout
-            .publish(
-                M,
-                &PublishOptions {
-                    canary_group: Some("canary".into()),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+        f.rollout.publish(M, &canary()).unwrap();
         let agents = vec![
             agent("c1", Some("canary"), v2, 0.97, 0.9),
             agent("a1", None, 1, 0.01, 0.4),
@@ -1039,15 +1028,7 @@ mod tests {
         let f = fixture();
         f.rollout.publish(M, &PublishOptions::default()).unwrap();
         new_version(&f, None);
-        f.rollout
-            .publish(
-                M,
-                &PublishOptions {
-                    canary_group: Some("canary".into()),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+        f.rollout.publish(M, &canary()).unwrap();
         let agents = vec![agent("a1", None, 1, 0.01, 0.4)];
         let t0 = now_ms();
         assert!(f.rollout.tick(&agents, t0 + 30_000).is_empty());

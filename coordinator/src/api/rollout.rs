@@ -96,7 +96,7 @@ pub async fn model_detail(
                 "training_data": m.training.data,
                 "n_training_samples": m.training.rows,
                 "metrics": m.training.metrics,
-                "gate_passed": m.training.metrics.get(crate::rollout::GATE_PASSED_METRIC).map(|v| *v != 0.0),
+                "gate_passed": m.training.metrics.get(crate::gate::GATE_PASSED).map(|v| *v != 0.0),
                 "publishable": crate::gate::publishable(m),
                 "notes": m.notes,
                 "payload_sha256": m.payload_sha256,
