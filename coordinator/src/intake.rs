@@ -18,7 +18,17 @@
 //!    the publish with the broker, which re-delivers it to the next session.
 //!
 //! Status frames update the [`Fleet`]; samples are kept in the fleet's small
-//! in-memory buffer. Batches are handled one at a time, in arrival order.
+//! in-memory buffer.
+//!
+//! # Group commit
+//!
+//! Publishes are taken from the queue in groups: whatever is queued when one
+//! arrives, up to [`MAX_GROUP_PUBLISHES`]. The alert batches of a group go
+//! through steps 2 and 3 together (one store write and fsync, one wait for
+//! all delivery reports), then each agent gets one cumulative ack and every
+//! publish of the group its PUBACK, in arrival order. An agent with many
+//! batches in flight is thus drained at many batches per store and Kafka
+//! round trip instead of one; a lone batch is handled as soon as it arrives.
 //!
 //! # Which ack is safe ([`AckLedger`])
 //!
@@ -44,7 +54,7 @@ use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, Publish, QoS};
 use sad_common::{
-    Ack, AlertBatch, Heartbeat, LabelCounts, Samples, TopicError, TopicKind, Topics, frame,
+    Ack, Alert, AlertBatch, Heartbeat, LabelCounts, Samples, TopicError, TopicKind, Topics, frame,
 };
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -57,6 +67,9 @@ use crate::store::AlertStore;
 
 /// Largest gap the ledger checks against the store, seq by seq.
 pub const MAX_GAP_CHECK: u64 = 10_000;
+
+/// Most publishes handled as one group (one store write, one wait for Kafka).
+pub const MAX_GROUP_PUBLISHES: usize = 64;
 
 /// Where the intake connects and what it subscribes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,31 +200,51 @@ impl Ctx {
         tracing::warn!(topic, reason, error = %error, "rejected frame");
     }
 
-    /// Handles one publish; `false` when shutdown interrupted it (no PUBACK then).
-    async fn handle(&mut self, p: &Publish) -> bool {
-        let kind = match self.topics.parse(&p.topic) {
-            Ok(k) => k,
-            Err(e) => {
-                self.reject("topic", &p.topic, &e);
-                return true;
+    /// Handles a group of publishes taken from the queue together; `false`
+    /// when shutdown interrupted it (no PUBACK then). Status, quality and
+    /// samples frames are applied one by one; the alert batches of the whole
+    /// group share one store write and one wait for Kafka's delivery reports.
+    async fn handle_group(&mut self, group: &[Publish]) -> bool {
+        let mut batches: Vec<(String, Vec<Alert>)> = Vec::new();
+        for p in group {
+            let kind = match self.topics.parse(&p.topic) {
+                Ok(k) => k,
+                Err(e) => {
+                    self.reject("topic", &p.topic, &e);
+                    continue;
+                }
+            };
+            match kind {
+                TopicKind::Alerts { agent_id } => {
+                    if let Some(alerts) = self.decode_alerts(&agent_id, p) {
+                        batches.push((agent_id, alerts));
+                    }
+                }
+                other => self.handle_other(other, p),
             }
-        };
+        }
+        if batches.is_empty() {
+            return true;
+        }
+        self.alerts(batches).await
+    }
+
+    /// Applies a status, quality or samples frame.
+    fn handle_other(&mut self, kind: TopicKind, p: &Publish) {
         match kind {
-            TopicKind::Alerts { agent_id } => self.alerts(&agent_id, p).await,
             TopicKind::Status { agent_id } => {
                 if p.payload.is_empty() {
-                    return true; // a cleared retained status
+                    return; // a cleared retained status
                 }
                 match frame::decode::<Heartbeat>(&p.payload) {
                     Ok(hb) if hb.agent_id == agent_id => self.fleet.record(hb, now_ms()),
                     Ok(hb) => self.reject("agent_mismatch", &p.topic, &hb.agent_id),
                     Err(e) => self.reject("status", &p.topic, &e),
                 }
-                true
             }
             TopicKind::Quality { agent_id } => {
                 if p.payload.is_empty() {
-                    return true;
+                    return;
                 }
                 match frame::decode::<LabelCounts>(&p.payload) {
                     Ok(c) if c.agent_id == agent_id => {
@@ -222,61 +255,67 @@ impl Ctx {
                     Ok(c) => self.reject("agent_mismatch", &p.topic, &c.agent_id),
                     Err(e) => self.reject("quality", &p.topic, &e),
                 }
-                true
             }
-            TopicKind::Samples { agent_id } => {
-                match frame::decode::<Samples>(&p.payload) {
-                    Ok(s) if s.agent_id == agent_id => self.fleet.record_samples(s),
-                    Ok(s) => self.reject("agent_mismatch", &p.topic, &s.agent_id),
-                    Err(e) => self.reject("samples", &p.topic, &e),
-                }
-                true
-            }
-            _ => true,
+            TopicKind::Samples { agent_id } => match frame::decode::<Samples>(&p.payload) {
+                Ok(s) if s.agent_id == agent_id => self.fleet.record_samples(s),
+                Ok(s) => self.reject("agent_mismatch", &p.topic, &s.agent_id),
+                Err(e) => self.reject("samples", &p.topic, &e),
+            },
+            _ => {}
         }
     }
 
-    async fn alerts(&mut self, agent_id: &str, p: &Publish) -> bool {
-        let batch = match frame::decode::<AlertBatch>(&p.payload) {
-            Ok(b) if b.agent_id == agent_id => b,
+    /// Step 1: the alerts of a valid, non-empty batch frame from `agent_id`.
+    fn decode_alerts(&self, agent_id: &str, p: &Publish) -> Option<Vec<Alert>> {
+        match frame::decode::<AlertBatch>(&p.payload) {
+            Ok(b) if b.agent_id == agent_id => {
+                self.metrics.alerts_received.inc_by(b.alerts.len() as u64);
+                (!b.alerts.is_empty()).then_some(b.alerts)
+            }
             Ok(b) => {
                 self.reject("agent_mismatch", &p.topic, &b.agent_id);
-                return true;
+                None
             }
             Err(e) => {
                 self.reject("alert_batch", &p.topic, &e);
-                return true;
+                None
             }
-        };
-        if batch.alerts.is_empty() {
-            return true;
         }
-        let n = batch.alerts.len();
-        self.metrics.alerts_received.inc_by(n as u64);
-        let alerts = Arc::new(batch.alerts);
+    }
 
-        // 2. store, fsynced, on the blocking pool.
+    /// Steps 2-4 for the alert batches of one group, in arrival order.
+    async fn alerts(&mut self, batches: Vec<(String, Vec<Alert>)>) -> bool {
+        let spans: Vec<(String, u64, u64)> = batches
+            .iter()
+            .map(|(agent, a)| {
+                let first = a.iter().map(|x| x.seq).min().unwrap_or(0);
+                let last = a.iter().map(|x| x.seq).max().unwrap_or(0);
+                (agent.clone(), first, last)
+            })
+            .collect();
+        let alerts: Arc<Vec<Alert>> = Arc::new(batches.into_iter().flat_map(|(_, a)| a).collect());
+
+        // 2. store, fsynced once for the group, on the blocking pool.
         let mut retry = Retry::new();
-        let judge = self.quality.is_some();
-        let (outcome, newly_labelled) = loop {
+        let (outcome, fresh) = loop {
             let (store, a) = (self.store.clone(), alerts.clone());
             let job = move || {
-                // Labelled alerts not stored before: their labels judge the model once.
-                let fresh: Vec<(String, bool)> = if judge {
-                    a.iter()
-                        .filter_map(|x| x.label.map(|l| (x, l)))
-                        .filter(|(x, _)| !store.contains(&x.alert_id()).unwrap_or(true))
-                        .map(|(x, l)| (x.model.clone(), l))
-                        .collect()
-                } else {
-                    Vec::new()
-                };
+                // Which alerts this write adds (the first copy of an id not stored
+                // before): they count as detected and their labels judge the model once.
+                let mut seen = std::collections::HashSet::new();
+                let fresh: Vec<bool> = a
+                    .iter()
+                    .map(|x| {
+                        let id = x.alert_id();
+                        !store.contains(&id).unwrap_or(true) && seen.insert(id)
+                    })
+                    .collect();
                 store.insert_batch(&a).map(|o| (o, fresh))
             };
             match tokio::task::spawn_blocking(job).await {
                 Ok(Ok(o)) => break o,
-                Ok(Err(e)) => tracing::error!(error = %e, agent_id, "cannot store alerts"),
-                Err(e) => tracing::error!(error = %e, agent_id, "store worker failed"),
+                Ok(Err(e)) => tracing::error!(error = %e, "cannot store alerts"),
+                Err(e) => tracing::error!(error = %e, "store worker failed"),
             }
             if !retry.wait(&self.shutdown).await {
                 return false;
@@ -286,50 +325,56 @@ impl Ctx {
             .alerts_duplicate
             .inc_by(outcome.duplicates as u64);
         self.metrics.stored_alerts.set(self.store.len() as f64);
-        if let Some(q) = &self.quality {
-            for (model, label) in &newly_labelled {
-                q.record_alert(model, Some(*label));
-            }
-        }
 
-        // 3. Kafka (or nothing), every delivery report.
+        // 3. Kafka (or nothing), every delivery report, new and duplicate alerts alike.
         let mut retry = Retry::new();
         loop {
             match self.sink.deliver(&alerts).await {
                 Ok(()) => break,
-                Err(e) => tracing::warn!(error = %e, agent_id, "alerts not delivered, retrying"),
+                Err(e) => tracing::warn!(error = %e, "alerts not delivered, retrying"),
             }
             if !retry.wait(&self.shutdown).await {
                 return false;
             }
         }
-        if outcome.new > 0 {
-            for a in alerts.iter() {
-                self.metrics
-                    .anomalies_detected
-                    .with_label_values(&[a.model_kind.as_str(), a.severity.as_str()])
-                    .inc();
+        for (a, _) in alerts.iter().zip(&fresh).filter(|(_, f)| **f) {
+            self.metrics
+                .anomalies_detected
+                .with_label_values(&[a.model_kind.as_str(), a.severity.as_str()])
+                .inc();
+            if let (Some(q), Some(label)) = (&self.quality, a.label) {
+                q.record_alert(&a.model, Some(label));
             }
         }
 
-        // 4. the ack, when the ledger says it is safe.
-        let first = alerts.iter().map(|a| a.seq).min().unwrap_or(0);
-        let last = alerts.iter().map(|a| a.seq).max().unwrap_or(0);
-        let store = self.store.clone();
-        let stored = |lo: u64, hi: u64| {
-            (lo..=hi).all(|s| store.contains(&format!("{agent_id}:{s}")).unwrap_or(false))
-        };
-        if let Some(up_to_seq) = self.ledger.on_stored(agent_id, first, last, stored) {
-            let ack = Ack {
-                agent_id: agent_id.to_string(),
-                up_to_seq,
+        // 4. one cumulative ack per agent, as far as the ledger says is safe.
+        let mut acks: Vec<(String, u64)> = Vec::new();
+        for (agent_id, first, last) in &spans {
+            let store = self.store.clone();
+            let stored = |lo: u64, hi: u64| {
+                (lo..=hi).all(|s| store.contains(&format!("{agent_id}:{s}")).unwrap_or(false))
             };
-            let topic = match self.topics.acks(agent_id) {
+            match self.ledger.on_stored(agent_id, *first, *last, stored) {
+                Some(up_to) => match acks.iter_mut().find(|(a, _)| a == agent_id) {
+                    Some(slot) => slot.1 = slot.1.max(up_to),
+                    None => acks.push((agent_id.clone(), up_to)),
+                },
+                None => {
+                    tracing::debug!(agent_id, first, last, "batch after a gap: not acked yet")
+                }
+            }
+        }
+        for (agent_id, up_to_seq) in acks {
+            let topic = match self.topics.acks(&agent_id) {
                 Ok(t) => t,
                 Err(e) => {
-                    self.reject("topic", &p.topic, &e);
-                    return true;
+                    self.reject("topic", &agent_id, &e);
+                    continue;
                 }
+            };
+            let ack = Ack {
+                agent_id: agent_id.clone(),
+                up_to_seq,
             };
             match frame::encode(&ack) {
                 Ok(bytes) => {
@@ -343,15 +388,11 @@ impl Ctx {
                 }
                 Err(e) => tracing::error!(error = %e, "cannot encode ack"),
             }
-            let now = now_ms();
-            for a in alerts.iter() {
-                self.metrics
-                    .intake_lag
-                    .with_label_values::<&str>(&[])
-                    .observe((now - a.ts_ms).max(0) as f64 / 1000.0);
-            }
-        } else {
-            tracing::debug!(agent_id, first, last, "batch after a gap: not acked yet");
+        }
+        let now = now_ms();
+        let lag = self.metrics.intake_lag.with_label_values::<&str>(&[]);
+        for a in alerts.iter() {
+            lag.observe((now - a.ts_ms).max(0) as f64 / 1000.0);
         }
         true
     }
@@ -490,13 +531,21 @@ pub async fn run_intake_with_quality(
             _ = shutdown.cancelled() => break,
             p = rx.recv() => match p { Some(p) => p, None => break },
         };
-        if !ctx.handle(&p).await {
+        // Group commit: whatever else is already queued goes in the same round.
+        let mut group = vec![p];
+        while group.len() < MAX_GROUP_PUBLISHES {
+            match rx.try_recv() {
+                Ok(p) => group.push(p),
+                Err(_) => break,
+            }
+        }
+        if !ctx.handle_group(&group).await {
             break;
         }
-        if p.qos != QoS::AtMostOnce
-            && let Err(e) = client.ack(&p).await
-        {
-            tracing::warn!(error = %e, "cannot puback");
+        for p in group.iter().filter(|p| p.qos != QoS::AtMostOnce) {
+            if let Err(e) = client.ack(p).await {
+                tracing::warn!(error = %e, "cannot puback");
+            }
         }
     }
     shutdown.cancel();
