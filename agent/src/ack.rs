@@ -6,7 +6,13 @@
 //! queue of in-flight flights (`first..=last`, when published). It re-offers
 //! everything unacknowledged
 //! - after a (re)connect, and
-//! - when the oldest flight has waited `resend_after` without an ack.
+//! - when the oldest flight has waited the resend timeout without an ack.
+//!
+//! The resend timeout starts at `resend_after` and doubles after every
+//! timeout, up to [`MAX_RESEND_BACKOFF`] times `resend_after`; an ack that
+//! covers something new, or a reconnect, sets it back. A coordinator that is
+//! slow but working (a backlog, a slow Kafka) thus gets more time instead of
+//! ever more copies of the same alerts, which would only slow it down more.
 //!
 //! Acks that are old or duplicated are ignored. An ack above the highest seq
 //! that may ever have been sent (this process's sends, or anything the outbox
@@ -20,6 +26,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+/// The resend timeout grows to at most this many times `resend_after`.
+pub const MAX_RESEND_BACKOFF: u32 = 8;
+
 /// Limits of the tracker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AckConfig {
@@ -27,7 +36,8 @@ pub struct AckConfig {
     pub batch_max: usize,
     /// Most alerts in flight (published, not acknowledged).
     pub window: usize,
-    /// Re-send everything unacknowledged when the oldest flight is this old.
+    /// Re-send everything unacknowledged when the oldest flight is this old
+    /// (the first time; see the module docs for the back-off).
     pub resend_after: Duration,
 }
 
@@ -79,6 +89,8 @@ pub struct AckTracker {
     flights: VecDeque<Flight>,
     in_flight: usize,
     resends: u64,
+    /// The current resend timeout (`resend_after`, doubled after each timeout).
+    timeout: Duration,
 }
 
 impl AckTracker {
@@ -99,6 +111,7 @@ impl AckTracker {
             flights: VecDeque::new(),
             in_flight: 0,
             resends: 0,
+            timeout: cfg.resend_after,
         }
     }
 
@@ -133,9 +146,15 @@ impl AckTracker {
         self.in_flight = 0;
     }
 
+    /// The resend timeout in force now.
+    pub fn resend_timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The connection is up (CONNACK): everything unacknowledged is offered again.
     pub fn on_connected(&mut self) {
         self.connected = true;
+        self.timeout = self.cfg.resend_after;
         self.rewind();
     }
 
@@ -150,9 +169,10 @@ impl AckTracker {
             return Next::Wait { until: None };
         }
         if let Some(f) = self.flights.front()
-            && now.saturating_duration_since(f.sent_at) >= self.cfg.resend_after
+            && now.saturating_duration_since(f.sent_at) >= self.timeout
         {
             self.resends += 1;
+            self.timeout = (self.timeout * 2).min(self.cfg.resend_after * MAX_RESEND_BACKOFF);
             self.rewind();
         }
         let room = self.cfg.window.saturating_sub(self.in_flight);
@@ -169,9 +189,7 @@ impl AckTracker {
 
     /// When the oldest flight times out, if anything is in flight.
     pub fn deadline(&self) -> Option<Instant> {
-        self.flights
-            .front()
-            .map(|f| f.sent_at + self.cfg.resend_after)
+        self.flights.front().map(|f| f.sent_at + self.timeout)
     }
 
     /// The uplink published `seqs` (ascending, all `> cursor`) at `now`.
@@ -205,6 +223,7 @@ impl AckTracker {
             return None;
         }
         self.acked = effective;
+        self.timeout = self.cfg.resend_after;
         while let Some(f) = self.flights.front_mut() {
             if f.last <= effective {
                 self.in_flight -= f.count;
@@ -319,6 +338,41 @@ mod tests {
             vec![2, 3, 4]
         );
         assert_eq!(t.timeouts(), 1);
+    }
+
+    #[test]
+    fn the_resend_timeout_doubles_without_acks_and_resets_on_progress() {
+        let t0 = Instant::now();
+        let outbox: BTreeSet<u64> = (1..=3).collect();
+        let mut t = AckTracker::new(cfg(), 0, 0);
+        t.on_connected();
+        assert_eq!(send(&mut t, &outbox, t0), vec![1, 2, 3]);
+        // 10 s: the first timeout re-sends, then waits 20 s, then 40 s, capped at 80 s.
+        let mut at = t0;
+        for wait in [10, 20, 40, 80, 80] {
+            let early = at + Duration::from_secs(wait - 1);
+            assert_eq!(send(&mut t, &outbox, early), Vec::<u64>::new());
+            at += Duration::from_secs(wait);
+            assert_eq!(
+                send(&mut t, &outbox, at),
+                vec![1, 2, 3],
+                "re-sent after {wait} s"
+            );
+        }
+        assert_eq!(t.timeouts(), 5);
+        assert_eq!(t.resend_timeout(), Duration::from_secs(80));
+        // An ack that covers something new resets it.
+        assert_eq!(t.on_ack(1), Some(1));
+        assert_eq!(t.resend_timeout(), Duration::from_secs(10));
+        // And so does a reconnect.
+        assert_eq!(
+            send(&mut t, &outbox, at + Duration::from_secs(10)),
+            vec![2, 3]
+        );
+        assert_eq!(t.resend_timeout(), Duration::from_secs(20));
+        t.on_disconnected();
+        t.on_connected();
+        assert_eq!(t.resend_timeout(), Duration::from_secs(10));
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!   at most `batch_max` alerts and [`MAX_PUBLISH_BYTES`] per publish. Which
 //!   alerts to send (and when to re-send) is decided by the pure
 //!   [`AckTracker`]: everything unacknowledged is re-sent after every
-//!   (re)connect and after `resend_after` without an ack.
+//!   (re)connect and after `resend_after` without an ack (doubling while no
+//!   ack comes, see [`crate::ack`]).
 //! - Acks arrive on `{p}/agents/{id}/acks`; the session is persistent
 //!   (`clean_session = false`, client id = agent id) so acks published while
 //!   the agent was briefly away are still delivered. An ack deletes from the
@@ -92,7 +93,8 @@ pub struct UplinkConfig {
     pub group: Option<String>,
     /// Most alerts per publish (default 500).
     pub batch_max: usize,
-    /// Re-send unacknowledged alerts after this long without an ack (seconds, default 10).
+    /// Re-send unacknowledged alerts after this long without an ack (seconds,
+    /// default 10); doubles after each re-send without an ack, up to 8 times.
     #[serde(with = "secs")]
     pub resend_after: Duration,
     /// Heartbeat period (seconds, default 10).
