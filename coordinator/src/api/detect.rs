@@ -20,14 +20,16 @@
 //!
 //! Batches of more than [`INLINE_ROWS`] rows are scored on the blocking pool.
 //! An Isolation Forest batch of at least [`SPLIT_ROWS`] rows that arrives while no other detect
-//! request is being handled is scored in two halves at once (one inline, one
-//! on the blocking pool), so a lone client gets both cores; under concurrent
-//! load the cores are already busy and batches are scored whole.
+//! request is being handled, nor overlapped another for [`QUIET_FOR`], is scored in two halves at once (one inline, one
+//! on the [`Helper`] thread, which stays awake for a moment after each job so
+//! a lone client's next batch does not wait for a thread wake-up), so a lone
+//! client gets both cores; under concurrent load the cores are already busy
+//! and batches are scored whole.
 
 use std::fmt;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -40,6 +42,7 @@ use serde::{Deserialize, Serialize};
 use sad_common::ModelKind;
 use sad_common::wire::limits::MAX_VALUES;
 
+use super::helper::Helper;
 use super::{ApiError, AppState, parse_json};
 
 /// Batches up to this many rows are scored on the async thread; larger ones on the blocking pool.
@@ -53,6 +56,17 @@ pub const SPLIT_ROWS: usize = 128;
 
 /// Detect requests being handled right now (all models).
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+/// When a detect request last arrived while another was in flight
+/// (microseconds since [`clock`]'s start; 0 = never).
+static LAST_OVERLAP_US: AtomicU64 = AtomicU64::new(0);
+/// A lone request splits its batch only when no two requests overlapped for this long.
+pub const QUIET_FOR: Duration = Duration::from_millis(50);
+
+/// Microseconds since the first call (monotonic).
+fn clock() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_micros() as u64 + 1
+}
 
 /// Smallest batch split across cores: [`SPLIT_ROWS`], or `DETECT_SPLIT_ROWS`
 /// from the environment at first use (`0` never splits; for benchmarks).
@@ -72,10 +86,20 @@ fn split_rows() -> usize {
 struct InFlight;
 
 impl InFlight {
-    /// Registers a request; returns the guard and whether it is the only one.
+    /// Registers a request; returns the guard and whether it is alone: no
+    /// other request in flight now, and none overlapping for [`QUIET_FOR`]
+    /// (under concurrent load both cores are busy anyway, and a split would
+    /// only keep the helper thread awake).
     fn enter() -> (Self, bool) {
         let before = IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
-        (Self, before == 0)
+        let now = clock();
+        if before > 0 {
+            LAST_OVERLAP_US.store(now, Ordering::Relaxed);
+            return (Self, false);
+        }
+        let last = LAST_OVERLAP_US.load(Ordering::Relaxed);
+        let quiet = last == 0 || now.saturating_sub(last) >= QUIET_FOR.as_micros() as u64;
+        (Self, quiet)
     }
 }
 
@@ -357,9 +381,17 @@ pub async fn detect(
         let mut head = data.values;
         let tail = head.split_off(n / 2 * n_features);
         let other = detector.clone();
-        let tail = tokio::task::spawn_blocking(move || other.score_batch(&tail));
-        let head = detector.score_batch(&head);
-        let tail = tail.await.map_err(failed)?;
+        let (head, tail) = match Helper::global().try_run(move || other.score_batch(&tail)) {
+            Ok(pending) => {
+                let head = detector.score_batch(&head);
+                let tail = pending
+                    .wait()
+                    .ok_or_else(|| ApiError::internal("scoring task failed"))?;
+                (head, tail)
+            }
+            // The helper is busy: score the halves one after the other.
+            Err(job) => (detector.score_batch(&head), job()),
+        };
         head.and_then(|mut h| {
             h.extend(tail?);
             Ok(h)
@@ -441,6 +473,21 @@ pub async fn detect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_is_alone_only_without_overlap_for_a_while() {
+        // The only test here that touches the in-flight counter.
+        let (a, _) = InFlight::enter();
+        let (b, second) = InFlight::enter();
+        assert!(!second, "two at once");
+        drop((a, b));
+        let (c, right_after) = InFlight::enter();
+        assert!(!right_after, "an overlap just happened: not quiet yet");
+        drop(c);
+        std::thread::sleep(QUIET_FOR + Duration::from_millis(10));
+        let (_d, later) = InFlight::enter();
+        assert!(later, "quiet for {QUIET_FOR:?}: alone again");
+    }
 
     fn data(s: &str) -> Result<Data, serde_json::Error> {
         serde_json::from_str(s)

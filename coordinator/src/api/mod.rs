@@ -16,6 +16,7 @@
 pub mod alerts;
 pub mod auth;
 pub mod detect;
+pub mod helper;
 pub mod models;
 pub mod openapi;
 pub mod registry;
