@@ -26,6 +26,9 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// back-off alone can reach 30 s; librdkafka's reconnect back-off 10 s).
 const RECOVERY_BOUND: Duration = Duration::from_secs(90);
 
+/// Recoveries slower than this print both processes' logs.
+const SLOW_RECOVERY: Duration = Duration::from_secs(8);
+
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -56,7 +59,17 @@ fn recovery(h: &Harness, agent: &AgentProc, k: u64, healed: Instant) -> Duration
                 agent.log_tail()
             )
         });
-    seen.saturating_duration_since(healed)
+    let took = seen.saturating_duration_since(healed);
+    if took > SLOW_RECOVERY {
+        // Diagnostics for the tail of the recovery times (see docs/RELIABILITY.md).
+        println!(
+            "slow recovery of probe {k}: {:.2} s; agent log:\n{}\ncoordinator log:\n{}",
+            took.as_secs_f64(),
+            agent.log_tail(),
+            h.coordinator.log_tail()
+        );
+    }
+    took
 }
 
 /// Lets `agent` finish its replay and drain its outbox, stops it, and checks
