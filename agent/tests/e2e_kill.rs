@@ -241,21 +241,11 @@ fn every_alert_reaches_the_coordinator_exactly_once_after_dedupe_despite_kill_9(
         .unwrap();
     let status = agent.wait().unwrap();
     assert!(status.success(), "agent exited with {status}");
-    let out = Command::new(env!("CARGO_BIN_EXE_anomaly-agent"))
-        .args(["outbox", "inspect", "--limit", "0", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let header: Vec<u64> = text
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    assert_eq!(header.len(), 4, "{text}");
-    let (depth, last_seq, dropped) = (header[0], header[2], header[3]);
+    let outbox = sad_tests::inspect_outbox(
+        Path::new(env!("CARGO_BIN_EXE_anomaly-agent")),
+        &dir.path().join("data"),
+    );
+    let (depth, last_seq, dropped) = (outbox.depth, outbox.last_seq, outbox.dropped);
 
     let s = seen.lock().unwrap();
     let delivered: BTreeSet<u64> = s.ids.iter().copied().collect();

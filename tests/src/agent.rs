@@ -19,7 +19,7 @@ use sad_models::iforest::IsolationForestParams;
 
 use crate::bins::{AGENT_BIN, bin_path};
 use crate::coordinator::{http_get, http_request, log_tail};
-use crate::process::{free_port, terminate, wait_until};
+use crate::process::{free_port, kill_slot, stop_slot, wait_until};
 
 /// Event time of stream row 0; row `i` is at `STREAM_T0_MS + i * 1000`.
 pub const STREAM_T0_MS: i64 = 1_700_000_000_000;
@@ -222,18 +222,12 @@ impl AgentProc {
 
     /// SIGKILL and reap.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_slot(&mut self.child);
     }
 
     /// SIGTERM and wait (SIGKILL after 15 s); returns whether it exited cleanly on its own.
     pub fn stop(&mut self) -> bool {
-        match self.child.take() {
-            Some(mut c) => terminate(&mut c, Duration::from_secs(15)),
-            None => true,
-        }
+        stop_slot(&mut self.child, Duration::from_secs(15))
     }
 
     /// The file source's committed byte offset (0 before the first commit).
@@ -278,26 +272,7 @@ impl AgentProc {
             self.child.is_none(),
             "stop the agent before inspecting its outbox"
         );
-        let out = Command::new(bin_path(AGENT_BIN))
-            .args(["outbox", "inspect", "--limit", "0", "--data-dir"])
-            .arg(self.dir.path().join("data"))
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        let nums: Vec<u64> = text
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|w| w.parse().ok())
-            .collect();
-        assert_eq!(nums.len(), 4, "unexpected outbox inspect output: {text}");
-        OutboxState {
-            depth: nums[0],
-            bytes: nums[1],
-            last_seq: nums[2],
-            dropped: nums[3],
-        }
+        inspect_outbox(&bin_path(AGENT_BIN), &self.dir.path().join("data"))
     }
 
     /// The last 40 lines of the agent's log.
@@ -310,6 +285,31 @@ impl AgentProc {
         wait_until(timeout, || {
             self.replay_done() && self.health().is_some_and(|(depth, _)| depth == 0)
         })
+    }
+}
+
+/// The figures of the stopped agent's outbox under `data_dir`, from the
+/// header line of `{agent_bin} outbox inspect --limit 0`.
+pub fn inspect_outbox(agent_bin: &Path, data_dir: &Path) -> OutboxState {
+    let out = Command::new(agent_bin)
+        .args(["outbox", "inspect", "--limit", "0", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let nums: Vec<u64> = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(nums.len(), 4, "unexpected outbox inspect output: {text}");
+    OutboxState {
+        depth: nums[0],
+        bytes: nums[1],
+        last_seq: nums[2],
+        dropped: nums[3],
     }
 }
 

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::bins::{COORDINATOR_BIN, bin_path};
-use crate::process::{free_port, terminate, wait_until};
+use crate::process::{free_port, kill_slot, stop_slot, wait_until};
 
 /// How the coordinator reaches its brokers.
 #[derive(Debug, Clone)]
@@ -111,18 +111,12 @@ impl CoordinatorProc {
 
     /// SIGKILL and reap; nothing is flushed beyond what the coordinator already made durable.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_slot(&mut self.child);
     }
 
     /// SIGTERM (clean shutdown), SIGKILL after 15 s; returns whether it stopped on its own.
     pub fn stop(&mut self) -> bool {
-        match self.child.take() {
-            Some(mut c) => terminate(&mut c, Duration::from_secs(15)),
-            None => true,
-        }
+        stop_slot(&mut self.child, Duration::from_secs(15))
     }
 
     /// The last 40 lines of the coordinator's log.

@@ -24,7 +24,7 @@ pub mod process;
 pub mod proxy;
 pub mod tansu;
 
-pub use agent::{AgentProc, AgentSpec, OutboxState, Stream};
+pub use agent::{AgentProc, AgentSpec, OutboxState, Stream, inspect_outbox};
 pub use coordinator::{CoordinatorProc, CoordinatorSpec};
 pub use harness::{FaultFigures, Harness, HarnessOptions, long_mode, repetitions};
 pub use mosquitto::Mosquitto;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::process::{free_port, terminate, wait_port};
+use crate::process::{free_port, kill_slot, stop_slot, wait_port};
 
 /// Path of the broker binary.
 pub const MOSQUITTO_BIN: &str = "/usr/sbin/mosquitto";
@@ -83,17 +83,12 @@ impl Mosquitto {
 
     /// Kills the broker (SIGKILL) and waits for it to exit.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_slot(&mut self.child);
     }
 
     /// Stops the broker with SIGTERM (it saves its persistence file) and waits for it to exit.
     pub fn stop_graceful(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            terminate(&mut c, Duration::from_secs(10));
-        }
+        stop_slot(&mut self.child, Duration::from_secs(10));
     }
 
     /// Whether the broker process is running.

@@ -54,6 +54,20 @@ pub fn signal(child: &Child, signal: &str) {
         .status();
 }
 
+/// SIGKILL and reap the process in `slot`, if there is one (it is taken out).
+pub fn kill_slot(slot: &mut Option<Child>) {
+    if let Some(mut c) = slot.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// [`terminate`] the process in `slot`, if there is one (it is taken out);
+/// `true` when there was none or it exited on its own.
+pub fn stop_slot(slot: &mut Option<Child>, grace: Duration) -> bool {
+    slot.take().is_none_or(|mut c| terminate(&mut c, grace))
+}
+
 /// SIGTERM, then SIGKILL if `child` has not exited within `grace`; reaps it.
 /// Returns whether it exited on its own after SIGTERM.
 pub fn terminate(child: &mut Child, grace: Duration) -> bool {

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::process::{free_port, wait_port};
+use crate::process::{free_port, kill_slot, wait_port};
 
 /// The tansu binary: `$TANSU_BIN` or the test command's install location
 /// (`~/.cache/sad-tools/bin/tansu`).
@@ -107,10 +107,7 @@ impl Tansu {
 
     /// Kills the broker (SIGKILL) and waits for it to exit.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_slot(&mut self.child);
     }
 
     /// `127.0.0.1:<port>`.
