@@ -10,7 +10,7 @@
 //! - `eval-tabular`, `eval-skab`, `eval-nab`: the figures of `docs/QUALITY.md`;
 //! - `submit`: send a training request to a running coordinator's API and
 //!   follow its job with a progress bar until it is done (a small blocking
-//!   HTTP/1.1 client over `std::net`, no client library).
+//!   HTTP/1.0 client over `std::net`, no client library).
 
 use std::path::PathBuf;
 
@@ -141,7 +141,8 @@ impl SubmitArgs {
     }
 }
 
-/// A minimal blocking HTTP/1.1 exchange (`Connection: close`): status and JSON body.
+/// A minimal blocking HTTP/1.0 exchange: status and JSON body. HTTP/1.0 so
+/// the server sends the body plain and closes (no chunked encoding to undo).
 pub fn http_json(
     base: &str,
     method: &str,
@@ -159,7 +160,7 @@ pub fn http_json(
     stream.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
     let payload = body.map(|b| b.to_string()).unwrap_or_default();
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: application/json\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.0\r\nHost: {host}\r\nAccept: application/json\r\nContent-Length: {}\r\n",
         payload.len()
     );
     if body.is_some() {
@@ -182,31 +183,9 @@ pub fn http_json(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .context("malformed http status line")?;
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase()
-            .starts_with("transfer-encoding: chunked")
-    });
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    let json = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
+    let json =
+        serde_json::from_str(body).unwrap_or_else(|_| serde_json::Value::String(body.to_string()));
     Ok((status, json))
-}
-
-fn dechunk(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || tail.len() < n {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = tail[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 /// Submits the request and follows the job with a progress bar; returns the job's result.
