@@ -487,17 +487,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             let pb = epoch_bar(a.hyper.epochs, &a.name);
             let fitted = fit(&arch, &rows, &a.hyper.options(), &mut |r| report(&pb, r))?;
             pb.finish();
-            let mut metrics = std::collections::BTreeMap::new();
-            metrics.insert("epochs".into(), fitted.outcome.history.len() as f64);
-            if let Some(v) = fitted
-                .outcome
-                .history
-                .iter()
-                .filter_map(|r| r.val_loss)
-                .reduce(f64::min)
-            {
-                metrics.insert("val_mse".into(), v);
-            }
+            let metrics = fitted.outcome.metrics();
             let rec = TrainingRecord {
                 name: a.name.clone(),
                 version: 1,

@@ -689,19 +689,9 @@ fn fit_neural(
         })
     })
     .map_err(|e| TrainError::Fit(e.to_string()))?;
-    let mut metrics = BTreeMap::new();
-    metrics.insert("epochs".into(), fitted.outcome.history.len() as f64);
+    let mut metrics = fitted.outcome.metrics();
     if let Some(last) = fitted.outcome.history.last() {
         metrics.insert("train_loss".into(), last.train_loss);
-    }
-    if let Some(v) = fitted
-        .outcome
-        .history
-        .iter()
-        .filter_map(|r| r.val_loss)
-        .reduce(f64::min)
-    {
-        metrics.insert("val_mse".into(), v);
     }
     metrics.insert("export_max_abs_diff".into(), fitted.exported.max_abs_diff);
     let rec = TrainingRecord {

@@ -180,17 +180,7 @@ pub fn finetune_saved(
         .clone()
         .ok_or_else(|| NnError::Invalid(format!("{name} has no scaler")))?;
     let fitted = finetune(&p.arch, &scaler, &p.tflite_batch1, rows, opts, progress)?;
-    let mut metrics = BTreeMap::new();
-    metrics.insert("epochs".to_string(), fitted.outcome.history.len() as f64);
-    if let Some(v) = fitted
-        .outcome
-        .history
-        .iter()
-        .filter_map(|r| r.val_loss)
-        .reduce(f64::min)
-    {
-        metrics.insert("val_mse".to_string(), v);
-    }
+    let metrics = fitted.outcome.metrics();
     let rec = TrainingRecord {
         name: new_name.to_string(),
         version: parent.version + 1,

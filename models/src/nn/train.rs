@@ -104,6 +104,24 @@ pub struct TrainOutcome {
     pub stopped_early: bool,
 }
 
+impl TrainOutcome {
+    /// The manifest metrics of a run: `epochs`, and `val_mse` (the best
+    /// validation loss) when there was a validation split.
+    pub fn metrics(&self) -> std::collections::BTreeMap<String, f64> {
+        let mut m = std::collections::BTreeMap::new();
+        m.insert("epochs".to_string(), self.history.len() as f64);
+        if let Some(v) = self
+            .history
+            .iter()
+            .filter_map(|r| r.val_loss)
+            .reduce(f64::min)
+        {
+            m.insert("val_mse".to_string(), v);
+        }
+        m
+    }
+}
+
 struct Net<'a> {
     arch: &'a Architecture,
     vars: Vec<(String, Var)>,
