@@ -299,19 +299,9 @@ impl Ctx {
         let mut retry = Retry::new();
         let (outcome, fresh) = loop {
             let (store, a) = (self.store.clone(), alerts.clone());
-            let job = move || {
-                // Which alerts this write adds (the first copy of an id not stored
-                // before): they count as detected and their labels judge the model once.
-                let mut seen = std::collections::HashSet::new();
-                let fresh: Vec<bool> = a
-                    .iter()
-                    .map(|x| {
-                        let id = x.alert_id();
-                        !store.contains(&id).unwrap_or(true) && seen.insert(id)
-                    })
-                    .collect();
-                store.insert_batch(&a).map(|o| (o, fresh))
-            };
+            // Which alerts this write adds: they count as detected and their
+            // labels judge the model once.
+            let job = move || store.insert_batch_marked(&a);
             match tokio::task::spawn_blocking(job).await {
                 Ok(Ok(o)) => break o,
                 Ok(Err(e)) => tracing::error!(error = %e, "cannot store alerts"),

@@ -304,11 +304,31 @@ impl AlertStore {
         self.insert_batch_at(alerts, now_ms())
     }
 
+    /// [`AlertStore::insert_batch`] that also says, per alert, whether this
+    /// call stored it (`false` for an id stored before or repeated earlier in `alerts`).
+    pub fn insert_batch_marked(
+        &self,
+        alerts: &[Alert],
+    ) -> Result<(InsertOutcome, Vec<bool>), StoreError> {
+        let mut fresh = Vec::with_capacity(alerts.len());
+        let out = self.insert(alerts, now_ms(), Some(&mut fresh))?;
+        Ok((out, fresh))
+    }
+
     /// [`AlertStore::insert_batch`] with an explicit arrival time (tests, replays).
     pub fn insert_batch_at(
         &self,
         alerts: &[Alert],
         received_ms: i64,
+    ) -> Result<InsertOutcome, StoreError> {
+        self.insert(alerts, received_ms, None)
+    }
+
+    fn insert(
+        &self,
+        alerts: &[Alert],
+        received_ms: i64,
+        mut fresh: Option<&mut Vec<bool>>,
     ) -> Result<InsertOutcome, StoreError> {
         let _guard = self.inner.write.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = InsertOutcome::default();
@@ -318,13 +338,16 @@ impl AlertStore {
         for a in alerts {
             let id = a.alert_id();
             let akey = key(ALERT, &[id.as_bytes()]);
-            if !seen.insert(id.clone())
+            let duplicate = !seen.insert(id.clone())
                 || self
                     .inner
                     .tree
                     .contains_key(&akey)
-                    .map_err(|e| self.storage(e))?
-            {
+                    .map_err(|e| self.storage(e))?;
+            if let Some(f) = fresh.as_deref_mut() {
+                f.push(!duplicate);
+            }
+            if duplicate {
                 out.duplicates += 1;
                 continue;
             }
@@ -568,6 +591,17 @@ mod tests {
         assert_eq!(s.len(), 2);
         assert_eq!(s.get("a1:1").unwrap().unwrap().alert, a);
         assert!(s.get("a1:3").unwrap().is_none());
+        // The marked variant says which alerts this call stored.
+        let c = alert("a1", 3, "s", 12, Severity::Warning);
+        let (out, fresh) = s.insert_batch_marked(&[a.clone(), c.clone(), c]).unwrap();
+        assert_eq!(
+            out,
+            InsertOutcome {
+                new: 1,
+                duplicates: 2
+            }
+        );
+        assert_eq!(fresh, vec![false, true, false]);
     }
 
     #[test]
